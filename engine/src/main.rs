@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    uring_bt::cli::main()
+}
