@@ -1,1 +1,246 @@
-//! (in progress)
+//! The torrent registry: what every shard shares, read-mostly.
+//!
+//! Built once at start-up by the control plane and handed to every shard as `Arc<Registry>`.
+//! Nothing in here takes a lock: lookups are immutable, piece state is a set of atomic bitfields,
+//! and statistics are relaxed atomic counters that the control plane samples.
+//!
+//! Piece states (per torrent):
+//! - `have`: we hold the piece (seed: all of them).
+//! - `verified`: the piece's hash was checked against the metainfo (after a full check, all of
+//!   them; with `--skip-check`, set the first time a piece is served and its hash matches).
+//! - `failed`: the piece failed its hash check; it is never sent.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use uring_bt_storage::layout::Layout;
+
+/// A fixed-size bitfield of atomics, one bit per piece.
+#[derive(Debug)]
+pub struct AtomicBits {
+    words: Box<[AtomicU64]>,
+    len: u32,
+}
+
+impl AtomicBits {
+    /// `len` bits, all clear (or all set with `set_all`).
+    pub fn new(len: u32, set_all: bool) -> Self {
+        let n = (len as usize).div_ceil(64);
+        let words = (0..n)
+            .map(|i| {
+                let bits_here = (len as usize - i * 64).min(64);
+                let v = if !set_all {
+                    0
+                } else if bits_here == 64 {
+                    u64::MAX
+                } else {
+                    (1u64 << bits_here) - 1
+                };
+                AtomicU64::new(v)
+            })
+            .collect();
+        AtomicBits { words, len }
+    }
+
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bit `i`; false when out of range.
+    #[inline]
+    pub fn get(&self, i: u32) -> bool {
+        if i >= self.len {
+            return false;
+        }
+        self.words[(i / 64) as usize].load(Ordering::Acquire) & (1 << (i % 64)) != 0
+    }
+
+    /// Sets bit `i`; returns whether it was clear before. Out of range: no-op, false.
+    #[inline]
+    pub fn set(&self, i: u32) -> bool {
+        if i >= self.len {
+            return false;
+        }
+        let prev = self.words[(i / 64) as usize].fetch_or(1 << (i % 64), Ordering::AcqRel);
+        prev & (1 << (i % 64)) == 0
+    }
+
+    /// Number of set bits.
+    pub fn count(&self) -> u32 {
+        self.words
+            .iter()
+            .map(|w| w.load(Ordering::Relaxed).count_ones())
+            .sum()
+    }
+
+    /// Whether every bit is set.
+    pub fn all(&self) -> bool {
+        self.count() == self.len
+    }
+
+    /// The BEP 3 bitfield encoding (high bit of the first byte = piece 0).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = vec![0u8; (self.len as usize).div_ceil(8)];
+        for i in 0..self.len {
+            if self.get(i) {
+                out[(i / 8) as usize] |= 0x80 >> (i % 8);
+            }
+        }
+        out
+    }
+}
+
+/// Relaxed counters of one torrent, summed over shards.
+#[derive(Debug, Default)]
+pub struct TorrentStats {
+    /// Payload bytes sent in PIECE messages.
+    pub uploaded: AtomicU64,
+    /// Blocks served.
+    pub blocks_served: AtomicU64,
+    /// Requests refused (REJECT or dropped).
+    pub requests_rejected: AtomicU64,
+    /// Connected peers (after handshake).
+    pub peers: AtomicUsize,
+    /// Peers ever accepted.
+    pub peers_total: AtomicU64,
+    /// Pieces found bad while serving (lazy verification).
+    pub pieces_failed: AtomicU64,
+}
+
+/// One torrent being served.
+#[derive(Debug)]
+pub struct Torrent {
+    /// Index in the registry.
+    pub index: usize,
+    pub info_hash: [u8; 20],
+    pub name: String,
+    pub layout: Arc<Layout>,
+    /// The save directory: file paths in the layout are relative to it.
+    pub root: PathBuf,
+    /// SHA-1 of every piece, from the metainfo.
+    pub piece_hashes: Arc<[[u8; 20]]>,
+    pub have: AtomicBits,
+    pub verified: AtomicBits,
+    pub failed: AtomicBits,
+    pub stats: TorrentStats,
+}
+
+impl Torrent {
+    /// A torrent we seed. `verified` says whether the data was checked in full before serving.
+    pub fn new_seed(
+        index: usize,
+        info_hash: [u8; 20],
+        name: String,
+        layout: Arc<Layout>,
+        root: PathBuf,
+        piece_hashes: Arc<[[u8; 20]]>,
+        verified: bool,
+    ) -> Self {
+        let n = layout.num_pieces();
+        Torrent {
+            index,
+            info_hash,
+            name,
+            layout,
+            root,
+            piece_hashes,
+            have: AtomicBits::new(n, true),
+            verified: AtomicBits::new(n, verified),
+            failed: AtomicBits::new(n, false),
+            stats: TorrentStats::default(),
+        }
+    }
+
+    /// Whether piece `p` may be sent: we have it and it has not failed verification.
+    #[inline]
+    pub fn can_serve(&self, p: u32) -> bool {
+        self.have.get(p) && !self.failed.get(p)
+    }
+
+    pub fn is_seed(&self) -> bool {
+        self.have.all()
+    }
+}
+
+/// Every torrent of this process, looked up by info hash.
+#[derive(Debug, Default)]
+pub struct Registry {
+    torrents: Vec<Arc<Torrent>>,
+    by_hash: HashMap<[u8; 20], usize>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a torrent; its `index` must equal the current count. Refuses a duplicate info hash.
+    pub fn add(&mut self, t: Torrent) -> Result<Arc<Torrent>, String> {
+        if self.by_hash.contains_key(&t.info_hash) {
+            return Err(format!(
+                "torrent {} ({}) is listed twice",
+                t.name,
+                hex(&t.info_hash)
+            ));
+        }
+        debug_assert_eq!(t.index, self.torrents.len());
+        let t = Arc::new(t);
+        self.by_hash.insert(t.info_hash, self.torrents.len());
+        self.torrents.push(t.clone());
+        Ok(t)
+    }
+
+    pub fn get(&self, info_hash: &[u8; 20]) -> Option<&Arc<Torrent>> {
+        self.by_hash.get(info_hash).map(|&i| &self.torrents[i])
+    }
+
+    pub fn torrents(&self) -> &[Arc<Torrent>] {
+        &self.torrents
+    }
+}
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 15) as usize] as char);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_bits() {
+        let b = AtomicBits::new(70, false);
+        assert_eq!(b.count(), 0);
+        assert!(b.set(69));
+        assert!(!b.set(69));
+        assert!(b.get(69));
+        assert!(!b.get(70));
+        assert!(!b.set(70));
+        assert_eq!(b.count(), 1);
+        let all = AtomicBits::new(70, true);
+        assert!(all.all());
+        assert_eq!(all.count(), 70);
+        let bytes = all.to_bytes();
+        assert_eq!(bytes.len(), 9);
+        assert_eq!(bytes[8], 0b1100_0000);
+        assert_eq!(AtomicBits::new(64, true).count(), 64);
+    }
+
+    #[test]
+    fn hex_lowercase() {
+        assert_eq!(hex(&[0x01, 0xab, 0xff]), "01abff");
+    }
+}
