@@ -779,8 +779,8 @@ impl<'a> Reader<'a> {
         };
         let canonical = !mag.is_empty()
             && mag.iter().all(u8::is_ascii_digit)
-            && !(mag.len() > 1 && mag[0] == b'0')
-            && !(neg && mag == b"0");
+            && (mag.len() == 1 || mag[0] != b'0')
+            && (!neg || mag != b"0");
         if !canonical {
             return Err(MALFORMED);
         }
@@ -958,8 +958,8 @@ mod tests {
             v in proptest::option::of("[ -~]{0,40}"),
             reqq in proptest::option::of(any::<u32>()),
             yourip in proptest::option::of(prop_oneof![
-                any::<[u8; 4]>().prop_map(|a| IpAddr::from(a)),
-                any::<[u8; 16]>().prop_map(|a| IpAddr::from(a)),
+                any::<[u8; 4]>().prop_map(IpAddr::from),
+                any::<[u8; 16]>().prop_map(IpAddr::from),
             ]),
             p in proptest::option::of(1u16..),
             metadata_size in proptest::option::of(0u64..=i64::MAX as u64),
