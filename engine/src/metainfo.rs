@@ -221,7 +221,7 @@ fn lossy(b: &[u8]) -> String {
 }
 
 /// Checks one untrusted path element. Returns the reason it is refused.
-fn check_element(e: &[u8]) -> Result<String, String> {
+pub(crate) fn check_element(e: &[u8]) -> Result<String, String> {
     let shown = lossy(e);
     if e.is_empty() {
         return Err("empty path element".into());
