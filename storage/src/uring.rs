@@ -866,6 +866,11 @@ impl Drop for Inner {
                 drop(self.ops.get_mut().remove(ud as usize));
             }
         }
+        // Release the registered files now (the kernel drops a closed ring's resources
+        // asynchronously, which would keep files, and their file system, busy for a while).
+        if self.fixed_files {
+            let _ = self.ring.get_mut().submitter().unregister_files();
+        }
     }
 }
 
