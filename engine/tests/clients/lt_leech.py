@@ -15,6 +15,7 @@ import os
 import sys
 import time
 
+sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ltcommon  # noqa: E402
 from ltcommon import lt, log  # noqa: E402
