@@ -16,12 +16,12 @@ pub mod bench;
 pub mod bencode;
 pub mod choker;
 pub mod cli;
-// pub mod conn; (lands with the storage and wire APIs)
+pub mod conn;
 pub mod create;
 pub mod metainfo;
 pub mod peer;
 pub mod registry;
 pub mod seed;
-// pub mod shard; (lands with the storage and wire APIs)
+pub mod shard;
 pub mod verify;
 pub mod wire;
