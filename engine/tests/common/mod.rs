@@ -14,7 +14,6 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -160,7 +159,6 @@ impl Drop for Timed {
 pub struct Proc {
     name: String,
     child: Child,
-    lines: Receiver<String>,
     stdout_log: Arc<Mutex<Vec<String>>>,
     stderr_log: Arc<Mutex<String>>,
     readers: Vec<JoinHandle<()>>,
@@ -181,17 +179,13 @@ impl Proc {
             .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
-        let (tx, lines) = mpsc::channel();
         let stdout_log = Arc::new(Mutex::new(Vec::new()));
         let stderr_log = Arc::new(Mutex::new(String::new()));
         let so = Arc::clone(&stdout_log);
         let r1 = thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                so.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(line.clone());
-                let _ = tx.send(line);
+                so.lock().unwrap_or_else(|e| e.into_inner()).push(line);
             }
         });
         let se = Arc::clone(&stderr_log);
@@ -220,7 +214,6 @@ impl Proc {
         Proc {
             name: name.to_string(),
             child,
-            lines,
             stdout_log,
             stderr_log,
             readers: vec![r1, r2],
@@ -271,46 +264,47 @@ impl Proc {
             .clone()
     }
 
-    /// Waits (bounded) for a stdout line starting with `prefix`; returns the rest of the line.
+    /// Waits (bounded) for the first stdout line (ever printed) that starts with `prefix`;
+    /// returns the rest of the line, trimmed.
     pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self
-                .lines
-                .recv_timeout(left.min(Duration::from_millis(200)))
-            {
-                Ok(line) => {
-                    if let Some(rest) = line.strip_prefix(prefix) {
-                        return rest.trim().to_string();
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    if let Some(st) = self.try_status() {
-                        panic!(
-                            "{} exited ({st}) before printing `{prefix}`\n{}",
-                            self.name,
-                            self.logs()
-                        );
-                    }
-                    if Instant::now() >= deadline {
-                        panic!(
-                            "{} did not print `{prefix}` within {:?}\n{}",
-                            self.name,
-                            timeout,
-                            self.logs()
-                        );
-                    }
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let st = self.wait_exit(Duration::from_secs(10));
-                    panic!(
-                        "{} closed its stdout ({st}) before printing `{prefix}`\n{}",
-                        self.name,
-                        self.logs()
-                    );
-                }
+            let found = self
+                .stdout_log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .find_map(|l| l.strip_prefix(prefix).map(|r| r.trim().to_string()));
+            if let Some(rest) = found {
+                return rest;
             }
+            if let Some(st) = self.try_status() {
+                // the reader may still hold the last lines: one more look after joining it
+                self.reap_group();
+                let found = self
+                    .stdout_log
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .find_map(|l| l.strip_prefix(prefix).map(|r| r.trim().to_string()));
+                if let Some(rest) = found {
+                    return rest;
+                }
+                panic!(
+                    "{} exited ({st}) without printing `{prefix}`\n{}",
+                    self.name,
+                    self.logs()
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{} did not print `{prefix}` within {:?}\n{}",
+                    self.name,
+                    timeout,
+                    self.logs()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -330,7 +324,7 @@ impl Proc {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = self.try_status() {
-                self.join_readers();
+                self.reap_group();
                 return st;
             }
             if Instant::now() >= deadline {
@@ -361,9 +355,7 @@ impl Proc {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             if let Some(st) = self.try_status() {
-                // its children (if any) go with it
-                signal(-(self.child.id() as i32), libc::SIGKILL);
-                self.join_readers();
+                self.reap_group();
                 return Some(st);
             }
             thread::sleep(Duration::from_millis(25));
@@ -379,6 +371,15 @@ impl Proc {
         if self.status.is_none() {
             let _ = self.child.kill();
             self.status = self.child.wait().ok();
+        }
+        self.join_readers();
+    }
+
+    /// After the leader exited: kill what is left of its group (a driver's client that
+    /// outlived it would hold our pipes open), then collect the output.
+    fn reap_group(&mut self) {
+        if !self.readers.is_empty() {
+            signal(-(self.child.id() as i32), libc::SIGKILL);
         }
         self.join_readers();
     }
@@ -735,7 +736,9 @@ pub struct Seeder {
 }
 
 fn parse_listening(p: &mut Proc, timeout: Duration) -> SocketAddr {
-    let s = p.wait_line("listening:", timeout);
+    let line = p.wait_line("listening:", timeout);
+    // `listening: <ip:port>` maybe followed by details
+    let s = line.split_whitespace().next().unwrap_or("");
     let addr: SocketAddr = s
         .parse()
         .unwrap_or_else(|e| panic!("{}: bad `listening: {s}` ({e})\n{}", p.name(), p.logs()));

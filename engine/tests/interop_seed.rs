@@ -1,0 +1,282 @@
+//! Interop of `uring-bt seed` with real leechers: libtorrent (python3-libtorrent), rtorrent
+//! and qbittorrent-nox download from it on loopback, and the bytes they write are compared
+//! with the source, byte by byte.
+//!
+//! - each client downloads a 64 MiB single-file torrent and a tree of 1,000 small files;
+//! - four libtorrent leechers at once (each on its own 127.x.y.z) complete from one seeder;
+//! - the 1,000-file tree is served with the seeder under `ulimit -n 128`, and its open
+//!   descriptors, sampled from /proc/<pid>/fd while it serves, stay under the cap;
+//! - the drivers themselves are checked against a libtorrent seeder (lt_seed.py), so that a
+//!   broken driver is told apart from a broken seeder.
+//!
+//! Torrents are made by libtorrent (v1), so these tests depend only on `uring-bt seed`.
+//! Heavy tests take `heavy_lock()`: they run one at a time, whatever the test threads.
+//! A missing client fails its test.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Bound on one leecher's download (the driver gives up after it; we wait a little longer).
+const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(240);
+const MIB: u64 = 1024 * 1024;
+
+struct Case {
+    dir: tempfile::TempDir,
+    /// the seeder's data dir: content at `data/<name>`
+    data: PathBuf,
+    name: String,
+    torrent: PathBuf,
+    info_hash: String,
+}
+
+impl Case {
+    fn content(&self) -> PathBuf {
+        self.data.join(&self.name)
+    }
+    fn save_dir(&self, label: &str) -> PathBuf {
+        self.dir.path().join(format!("dl-{label}"))
+    }
+    fn assert_downloaded(&self, save: &Path) {
+        let got = save.join(&self.name);
+        if self.content().is_dir() {
+            assert_same_tree(&self.content(), &got);
+        } else {
+            assert_same_file(&self.content(), &got);
+        }
+    }
+}
+
+/// A single file of `mib` MiB (+ 777 bytes: the last piece is short), 256 KiB pieces.
+fn single_case(mib: u64, seed: u64) -> Case {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let name = format!("file-{mib}mib.bin");
+    write_random_file(&data.join(&name), mib * MIB + 777, seed);
+    let torrent = dir.path().join("single.torrent");
+    let info_hash = lt_create(&data.join(&name), &torrent, 256 * 1024);
+    Case {
+        dir,
+        data,
+        name,
+        torrent,
+        info_hash,
+    }
+}
+
+/// `n` files of 0..=48 KiB in nested directories (empty ones included), 64 KiB pieces.
+fn tree_case(n: usize, seed: u64) -> Case {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let name = "tree".to_string();
+    let t = gen_tree(&data.join(&name), n, 48 * 1024, seed);
+    assert_eq!(t.files.len(), n);
+    let torrent = dir.path().join("tree.torrent");
+    let info_hash = lt_create(&data.join(&name), &torrent, 64 * 1024);
+    Case {
+        dir,
+        data,
+        name,
+        torrent,
+        info_hash,
+    }
+}
+
+/// Our seeder for one case; checks the info hash it announces on stdout.
+fn our_seeder(case: &Case, nofile: Option<u64>) -> Seeder {
+    let mut s = spawn_our_seeder(&[&case.torrent], &case.data, nofile);
+    let line = s.proc.wait_line("info_hash:", Duration::from_secs(30));
+    let h = line.split_whitespace().next().unwrap_or("");
+    assert_eq!(
+        h.to_ascii_lowercase(),
+        case.info_hash,
+        "uring-bt seed announces another info hash"
+    );
+    s
+}
+
+/// SIGTERM stops our seeder cleanly: exit 0 (TEAM.md CLI contract).
+fn stop_our_seeder(mut s: Seeder) {
+    let st = s.proc.terminate(Duration::from_secs(20));
+    match st {
+        Some(st) => assert!(
+            st.success(),
+            "uring-bt seed exited {st} on SIGTERM\n{}",
+            s.proc.logs()
+        ),
+        None => panic!(
+            "uring-bt seed did not stop within 20 s of SIGTERM\n{}",
+            s.proc.logs()
+        ),
+    }
+}
+
+fn download(client: Client, case: &Case, seeder: &Seeder, label: &str) {
+    let save = case.save_dir(label);
+    let mut l = spawn_leecher(
+        client,
+        &case.torrent,
+        &save,
+        seeder.addr,
+        unique_ip(),
+        DOWNLOAD_TIMEOUT,
+    );
+    wait_leecher(&mut l, DOWNLOAD_TIMEOUT);
+    case.assert_downloaded(&save);
+}
+
+fn client_downloads_single(client: Client, label: &'static str) {
+    client.require();
+    let _g = heavy_lock();
+    let _t = Timed::new(label);
+    let case = single_case(64, 0xC0FFEE ^ label.len() as u64);
+    let seeder = our_seeder(&case, None);
+    download(client, &case, &seeder, label);
+    stop_our_seeder(seeder);
+}
+
+fn client_downloads_tree(client: Client, label: &'static str) {
+    client.require();
+    let _g = heavy_lock();
+    let _t = Timed::new(label);
+    let case = tree_case(1000, 0x7EE ^ label.len() as u64);
+    let seeder = our_seeder(&case, None);
+    download(client, &case, &seeder, label);
+    stop_our_seeder(seeder);
+}
+
+#[test]
+fn libtorrent_downloads_64mib_file_from_uring_bt() {
+    client_downloads_single(Client::Libtorrent, "libtorrent_single_64mib");
+}
+
+#[test]
+fn libtorrent_downloads_1000_file_tree_from_uring_bt() {
+    client_downloads_tree(Client::Libtorrent, "libtorrent_tree_1000");
+}
+
+#[test]
+fn rtorrent_downloads_64mib_file_from_uring_bt() {
+    client_downloads_single(Client::Rtorrent, "rtorrent_single_64mib");
+}
+
+#[test]
+fn rtorrent_downloads_1000_file_tree_from_uring_bt() {
+    client_downloads_tree(Client::Rtorrent, "rtorrent_tree_1000");
+}
+
+#[test]
+fn qbittorrent_downloads_64mib_file_from_uring_bt() {
+    client_downloads_single(Client::Qbittorrent, "qbittorrent_single_64mib");
+}
+
+#[test]
+fn qbittorrent_downloads_1000_file_tree_from_uring_bt() {
+    client_downloads_tree(Client::Qbittorrent, "qbittorrent_tree_1000");
+}
+
+#[test]
+fn four_libtorrent_leechers_at_once_from_one_uring_bt_seeder() {
+    Client::Libtorrent.require();
+    let _g = heavy_lock();
+    let _t = Timed::new("four_libtorrent_leechers");
+    let case = single_case(64, 0x4444);
+    let seeder = our_seeder(&case, None);
+    let mut leechers: Vec<(Proc, PathBuf)> = (0..4)
+        .map(|i| {
+            let save = case.save_dir(&format!("lt{i}"));
+            let ip = unique_ip();
+            (
+                spawn_leecher(
+                    Client::Libtorrent,
+                    &case.torrent,
+                    &save,
+                    seeder.addr,
+                    ip,
+                    DOWNLOAD_TIMEOUT,
+                ),
+                save,
+            )
+        })
+        .collect();
+    for (l, _) in &mut leechers {
+        wait_leecher(l, DOWNLOAD_TIMEOUT);
+    }
+    for (_, save) in &leechers {
+        case.assert_downloaded(save);
+    }
+    stop_our_seeder(seeder);
+}
+
+#[test]
+fn tree_served_under_ulimit_128_keeps_descriptors_under_the_cap() {
+    const CAP: u64 = 128;
+    Client::Libtorrent.require();
+    let _g = heavy_lock();
+    let _t = Timed::new("tree_under_ulimit_128");
+    let case = tree_case(1000, 0x128);
+    let seeder = our_seeder(&case, Some(CAP));
+    let pid = seeder.proc.pid();
+    // the cap really applies to the seeder
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.split_whitespace().nth(3) == Some("128"),
+        "seeder's RLIMIT_NOFILE is not 128: {line}"
+    );
+    let sampler = FdSampler::start(pid, Duration::from_millis(10));
+    let save = case.save_dir("lt-nofile");
+    let mut l = spawn_leecher(
+        Client::Libtorrent,
+        &case.torrent,
+        &save,
+        seeder.addr,
+        unique_ip(),
+        DOWNLOAD_TIMEOUT,
+    );
+    wait_leecher(&mut l, DOWNLOAD_TIMEOUT);
+    let (max_fds, samples) = sampler.stop();
+    eprintln!(
+        "uring-bt seed under ulimit -n {CAP}: at most {max_fds} open fds in {samples} samples"
+    );
+    assert!(samples > 10, "too few fd samples ({samples})");
+    assert!(
+        (max_fds as u64) < CAP,
+        "the seeder had {max_fds} descriptors open, cap {CAP}"
+    );
+    case.assert_downloaded(&save);
+    stop_our_seeder(seeder);
+}
+
+/// The drivers against the libtorrent reference seeder: if this fails, the harness (or a
+/// client) is broken, not `uring-bt seed`.
+#[test]
+fn drivers_download_from_libtorrent_reference_seeder() {
+    for c in [Client::Libtorrent, Client::Rtorrent, Client::Qbittorrent] {
+        c.require();
+    }
+    let _g = heavy_lock();
+    let _t = Timed::new("drivers_vs_lt_seed");
+    let single = single_case(8, 0x5EED);
+    let tree = tree_case(200, 0x5EED);
+    // one reference seeder serving both torrents out of one data dir
+    let data = tempfile::tempdir().unwrap();
+    copy_tree(&single.content(), &data.path().join(&single.name));
+    copy_tree(&tree.content(), &data.path().join(&tree.name));
+    let seeder_ip = unique_ip();
+    let mut seeder = spawn_lt_seeder(&[&single.torrent, &tree.torrent], data.path(), seeder_ip);
+    for c in [Client::Libtorrent, Client::Rtorrent, Client::Qbittorrent] {
+        for case in [&single, &tree] {
+            let label = format!("{c:?}-ref");
+            download(c, case, &seeder, &label);
+        }
+    }
+    let st = seeder.proc.terminate(Duration::from_secs(20));
+    assert!(st.is_some_and(|s| s.success()), "{}", seeder.proc.logs());
+}
