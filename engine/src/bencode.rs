@@ -331,13 +331,13 @@ fn scan_string(buf: &[u8], pos: usize) -> Result<usize, BencodeError> {
     Ok(data_start + len as usize)
 }
 
+/// One dictionary entry: the key and the raw bencoded bytes of its value.
+pub type Entry<'a> = (&'a [u8], &'a [u8]);
+
 /// The entries of the validated dictionary at `buf[0..]`: each key with the raw bytes of its
 /// value, in file order (duplicates kept). `buf` must start with a dictionary that passed
 /// [`validate`] with `limits`; anything else is an error, never a panic.
-pub fn dict_entries<'a>(
-    buf: &'a [u8],
-    limits: &Limits,
-) -> Result<Vec<(&'a [u8], &'a [u8])>, BencodeError> {
+pub fn dict_entries<'a>(buf: &'a [u8], limits: &Limits) -> Result<Vec<Entry<'a>>, BencodeError> {
     if buf.first() != Some(&b'd') {
         return Err(BencodeError::NotADictionary);
     }

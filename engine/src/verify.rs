@@ -23,6 +23,9 @@ pub enum FileProblem {
     Unreadable(String),
     /// The file is readable, but pieces touching it do not match their hashes.
     BadData,
+    /// The file is fine as far as can be told, but shares a piece with a missing, short or
+    /// unreadable file, so that piece cannot be checked.
+    SharesBadPiece,
 }
 
 impl std::fmt::Display for FileProblem {
@@ -34,6 +37,7 @@ impl std::fmt::Display for FileProblem {
             }
             FileProblem::Unreadable(m) => write!(f, "unreadable: {m}"),
             FileProblem::BadData => f.write_str("bad data"),
+            FileProblem::SharesBadPiece => f.write_str("shares a piece with a bad file"),
         }
     }
 }
@@ -82,9 +86,17 @@ pub fn verify(
     let results = hash_pieces(layout, dir, threads, progress);
     let mut problems: BTreeMap<usize, FileProblem> = BTreeMap::new();
     let mut bad_pieces = Vec::new();
+    // Pieces that were read whole but do not match their hash.
+    let mut mismatched: std::collections::HashSet<u32> = std::collections::HashSet::new();
     for (piece, r) in results.iter().enumerate() {
         let ok = match r {
-            Ok(h) => m.pieces.get(piece) == Some(h),
+            Ok(h) => {
+                let ok = m.pieces.get(piece) == Some(h);
+                if !ok {
+                    mismatched.insert(piece as u32);
+                }
+                ok
+            }
             Err(e) => {
                 problems.entry(e.file_index()).or_insert(match e {
                     HashError::Missing { .. } => FileProblem::Missing,
@@ -104,10 +116,34 @@ pub fn verify(
             bad_pieces.push(piece as u32);
         }
     }
-    // Empty files are never read while hashing: check that they exist.
+    // A piece names only the first file that failed it, and empty files are never read: look
+    // at every file (one `stat` each) so that each missing or short file is reported.
     for (i, f) in layout.files().iter().enumerate() {
-        if f.length == 0 && !f.padding && std::fs::symlink_metadata(dir.join(&f.path)).is_err() {
-            problems.insert(i, FileProblem::Missing);
+        if f.padding {
+            continue;
+        }
+        match std::fs::metadata(dir.join(&f.path)) {
+            Ok(md) if md.is_file() && md.len() < f.length => {
+                problems.insert(
+                    i,
+                    FileProblem::Short {
+                        expected: f.length,
+                        actual: md.len(),
+                    },
+                );
+            }
+            Ok(md) if !md.is_file() => {
+                problems.insert(i, FileProblem::Unreadable("not a regular file".into()));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                problems.insert(i, FileProblem::Missing);
+            }
+            Err(e) => {
+                problems
+                    .entry(i)
+                    .or_insert(FileProblem::Unreadable(e.to_string()));
+            }
         }
     }
     let mut touched: BTreeMap<usize, Vec<u32>> = BTreeMap::new();
@@ -127,10 +163,13 @@ pub fn verify(
         .map(|(index, bad_pieces)| BadFile {
             index,
             path: m.files[index].display_path(),
-            problem: problems
-                .get(&index)
-                .cloned()
-                .unwrap_or(FileProblem::BadData),
+            problem: problems.get(&index).cloned().unwrap_or_else(|| {
+                if bad_pieces.iter().any(|p| mismatched.contains(p)) {
+                    FileProblem::BadData
+                } else {
+                    FileProblem::SharesBadPiece
+                }
+            }),
             bad_pieces,
         })
         .collect();
@@ -225,6 +264,7 @@ mod tests {
         assert_eq!(
             summary,
             vec![
+                // Piece 3 mismatches inside b; piece 4 fails because c is missing.
                 ("b", &FileProblem::BadData, &[3u32, 4][..]),
                 ("c", &FileProblem::Missing, &[4u32][..]),
                 ("e", &FileProblem::Missing, &[][..]),

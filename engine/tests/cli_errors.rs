@@ -1,0 +1,343 @@
+//! CLI: help, usage errors, and every refusal of a bad .torrent: exit code 2 and exactly one
+//! `error:` line on stderr naming the problem, no panic.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use sha1::{Digest, Sha1};
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_uring-bt"))
+        .args(args)
+        .output()
+        .expect("run uring-bt")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn bs(s: &[u8]) -> Vec<u8> {
+    let mut v = format!("{}:", s.len()).into_bytes();
+    v.extend_from_slice(s);
+    v
+}
+
+/// A well-formed multi-file torrent of files `(path elements, length)` in 16 KiB pieces.
+fn multi(files: &[(&[&[u8]], u64)]) -> Vec<u8> {
+    let total: u64 = files.iter().map(|f| f.1).sum();
+    let mut info = b"d5:filesl".to_vec();
+    for (path, len) in files {
+        info.extend(format!("d6:lengthi{len}e4:pathl").bytes());
+        for e in *path {
+            info.extend(bs(e));
+        }
+        info.extend(b"ee");
+    }
+    info.extend(b"e4:name3:dir12:piece lengthi16384e6:pieces");
+    info.extend(bs(&vec![1u8; total.div_ceil(16384) as usize * 20]));
+    info.push(b'e');
+    let mut t = b"d4:info".to_vec();
+    t.extend(info);
+    t.push(b'e');
+    t
+}
+
+/// Runs `info` on `bytes` and asserts exit 2 with one `error:` line containing `want`.
+fn refused(dir: &Path, name: &str, bytes: &[u8], want: &str) {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    for cmd in [
+        &["info", p.to_str().unwrap()][..],
+        &["verify", p.to_str().unwrap(), "."],
+    ] {
+        let o = run(cmd);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{name}: {err}");
+        assert!(o.stdout.is_empty(), "{name}");
+        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+        assert!(err.starts_with("error: "), "{name}: {err}");
+        assert!(
+            err.contains(name),
+            "{name}: the error names the file: {err}"
+        );
+        assert!(err.contains(want), "{name}: want `{want}` in: {err}");
+        assert!(!err.contains("panic"), "{name}: {err}");
+    }
+}
+
+#[test]
+fn help_teaches_every_command() {
+    let o = run(&["--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&o.stdout);
+    for cmd in ["create", "info", "verify", "seed", "bench"] {
+        assert!(
+            help.contains(&format!("  {cmd} ")),
+            "--help lists {cmd}: {help}"
+        );
+    }
+    assert!(help.contains("Exit codes"));
+    for cmd in [
+        &["create"][..],
+        &["info"],
+        &["verify"],
+        &["seed"],
+        &["bench", "disk"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let o = run(&args);
+        assert_eq!(o.status.code(), Some(0), "{cmd:?} --help");
+        assert!(String::from_utf8_lossy(&o.stdout).contains("Usage: uring-bt"));
+    }
+    let o = run(&["create", "--help"]);
+    let h = String::from_utf8_lossy(&o.stdout);
+    for opt in [
+        "--output",
+        "--tracker",
+        "--piece-length",
+        "--private",
+        "--comment",
+        "--no-date",
+        "--threads",
+    ] {
+        assert!(h.contains(opt), "create --help mentions {opt}");
+    }
+    let o = run(&["--version"]);
+    assert_eq!(o.status.code(), Some(0));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &[][..],
+        &["frobnicate"],
+        &["info"],
+        &["create", "x"],
+        &["verify", "a.torrent"],
+        &["create", "x", "-o", "y", "--threads", "0"],
+        &["create", "x", "-o", "y", "--piece-length", "lots"],
+    ] {
+        let o = run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("rror") || stderr(&o).contains("Usage"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn input_errors_exit_2_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let one_line = |o: &Output, want: &str| {
+        let e = stderr(o);
+        assert_eq!(o.status.code(), Some(2), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(
+            e.starts_with("error: ") && e.contains(want),
+            "want {want}: {e}"
+        );
+    };
+    one_line(
+        &run(&["info", &format!("{d}/missing.torrent")]),
+        "missing.torrent: No such file",
+    );
+    one_line(&run(&["info", d]), "Is a directory");
+    let src = dir.path().join("f");
+    std::fs::write(&src, b"data").unwrap();
+    let f = src.to_str().unwrap();
+    one_line(
+        &run(&[
+            "create",
+            &format!("{d}/nope"),
+            "-o",
+            &format!("{d}/x.torrent"),
+        ]),
+        "nope: No such file",
+    );
+    one_line(
+        &run(&["create", f, "-o", "/nonexistent-dir/x.torrent"]),
+        "does not exist",
+    );
+    one_line(
+        &run(&["create", f, "-o", &format!("{d}/x.torrent"), "-l", "20000"]),
+        "power of two",
+    );
+    std::fs::write(dir.path().join("empty"), b"").unwrap();
+    one_line(
+        &run(&[
+            "create",
+            &format!("{d}/empty"),
+            "-o",
+            &format!("{d}/x.torrent"),
+        ]),
+        "no data",
+    );
+    // verify: a good torrent but a save directory that does not exist.
+    let t = format!("{d}/f.torrent");
+    assert!(run(&["create", f, "-o", &t]).status.success());
+    one_line(&run(&["verify", &t, &format!("{d}/nodir")]), "nodir");
+    one_line(&run(&["verify", &t, f]), "not a directory");
+}
+
+#[test]
+fn malformed_torrents_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    refused(d, "garbage.torrent", b"hello world", "malformed bencode");
+    refused(d, "empty.torrent", b"", "unexpected end of input");
+    refused(d, "list.torrent", b"li1ee", "not a dictionary");
+    refused(d, "noinfo.torrent", b"d8:announce1:xe", "missing `info`");
+    // Deep nesting: refused by the iterative validator, never a stack overflow.
+    let mut deep = b"d4:infod1:x".to_vec();
+    deep.extend(vec![b'l'; 500_000]);
+    deep.extend(vec![b'e'; 500_000]);
+    deep.extend(b"ee");
+    refused(d, "deep.torrent", &deep, "nesting deeper than 32");
+    refused(
+        d,
+        "hugestr.torrent",
+        b"d4:info18446744073709551615:x",
+        "runs past the end",
+    );
+    refused(
+        d,
+        "hugestr2.torrent",
+        b"d4:info999999999999999999999999:x",
+        "bad string length",
+    );
+    // Bad integers.
+    let good = multi(&[(&[b"a"], 10)]);
+    let g = String::from_utf8_lossy(&good).into_owned();
+    for (name, from, to, want) in [
+        (
+            "leadingzero.torrent",
+            "6:lengthi10e",
+            "6:lengthi010e",
+            "leading zero",
+        ),
+        (
+            "negzero.torrent",
+            "6:lengthi10e",
+            "6:lengthi-0e",
+            "negative zero",
+        ),
+        (
+            "emptyint.torrent",
+            "6:lengthi10e",
+            "6:lengthie",
+            "no digits",
+        ),
+        (
+            "overflow.torrent",
+            "6:lengthi10e",
+            "6:lengthi9223372036854775808e",
+            "does not fit 64 bits",
+        ),
+        (
+            "neglen.torrent",
+            "6:lengthi10e",
+            "6:lengthi-10e",
+            "bad length -10",
+        ),
+        (
+            "zeropl.torrent",
+            "lengthi16384e",
+            "lengthi0e",
+            "piece length 0 is out of range",
+        ),
+        (
+            "negpl.torrent",
+            "lengthi16384e",
+            "lengthi-16384e",
+            "piece length -16384 is out of range",
+        ),
+        (
+            "hugepl.torrent",
+            "lengthi16384e",
+            "lengthi134217728e",
+            "piece length 134217728 is out of range",
+        ),
+    ] {
+        assert!(g.contains(from), "{name}");
+        refused(d, name, g.replacen(from, to, 1).as_bytes(), want);
+    }
+    // `pieces` not a multiple of 20 (the hashes are 0x01 bytes: drop one).
+    let p = g
+        .replacen("6:pieces20:", "6:pieces19:", 1)
+        .replacen('\u{1}', "", 1);
+    refused(d, "pieces19.torrent", p.as_bytes(), "not a multiple of 20");
+    let p = g.replacen("6:pieces20:", "6:pieces40:", 1).replacen(
+        '\u{1}',
+        "\u{1}".repeat(21).as_str(),
+        1,
+    );
+    refused(d, "pieces40.torrent", p.as_bytes(), "holds 2 hashes but");
+    // Hostile and duplicate paths: the error names the file.
+    for (name, path, want) in [
+        (
+            "dotdot.torrent",
+            &[&b".."[..], b"etc"][..],
+            "path element `..` is not allowed",
+        ),
+        ("dot.torrent", &[b"."], "path element `.` is not allowed"),
+        ("emptyel.torrent", &[b"a", b""], "empty path element"),
+        ("abs.torrent", &[b"/etc/passwd"], "contains `/`"),
+        ("slash.torrent", &[b"a/../../b"], "contains `/`"),
+        ("backslash.torrent", &[b"..\\x"], "contains `\\`"),
+        ("nul.torrent", &[b"a\0"], "contains NUL"),
+    ] {
+        refused(d, name, &multi(&[(&[b"ok"], 5), (path, 5)]), want);
+        assert!(stderr(&run(&["info", d.join(name).to_str().unwrap()])).contains("file #1 `dir/"));
+    }
+    refused(
+        d,
+        "dup.torrent",
+        &multi(&[(&[b"a", b"b"], 5), (&[b"c"], 5), (&[b"a", b"b"], 5)]),
+        "duplicate file path `dir/a/b`",
+    );
+    refused(
+        d,
+        "conflict.torrent",
+        &multi(&[(&[b"a"], 5), (&[b"a", b"b"], 5)]),
+        "also used as a directory",
+    );
+    let mut big = b"d4:info".to_vec();
+    big.resize((64 << 20) + 10, b'x');
+    refused(
+        d,
+        "toolarge.torrent",
+        &big,
+        "more than the limit of 67108864",
+    );
+}
+
+#[test]
+fn non_canonical_info_keeps_the_raw_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    // `info` keys out of order, plus unknown keys (one nested), before the known ones.
+    let mut info = b"d".to_vec();
+    info.extend(b"4:zzzzd1:ali1ei2eee");
+    info.extend(b"12:piece lengthi16384e4:name5:x.bin");
+    info.extend(b"6:pieces");
+    info.extend(bs(&[9u8; 20]));
+    info.extend(b"6:lengthi100e");
+    info.extend(b"7:unknown3:abc");
+    info.push(b'e');
+    let mut t = b"d7:comment2:hi4:info".to_vec();
+    t.extend(&info);
+    t.extend(b"8:announce14:http://t/a/anne");
+    let p = dir.path().join("odd.torrent");
+    std::fs::write(&p, &t).unwrap();
+    let o = run(&["info", p.to_str().unwrap(), "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let want: [u8; 20] = Sha1::digest(&info).into();
+    let want: String = want.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(j["info_hash"], want.as_str());
+    assert_eq!(j["name"], "x.bin");
+    assert_eq!(j["trackers"], serde_json::json!([["http://t/a/ann"]]));
+}
