@@ -1250,8 +1250,8 @@ mod tests {
         // Nesting: up to the limit is fine, one more is refused; no recursion either way.
         let nest = |n: usize| {
             let mut v = b"d1:x".to_vec();
-            v.extend(std::iter::repeat_n(b'l', n));
-            v.extend(std::iter::repeat_n(b'e', n));
+            v.resize(v.len() + n, b'l');
+            v.resize(v.len() + n, b'e');
             v.push(b'e');
             v
         };
