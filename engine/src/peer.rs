@@ -1073,6 +1073,90 @@ mod tests {
         assert_eq!(p.ext_handshake(), Some(&hs));
     }
 
+    #[derive(Debug, Clone)]
+    enum Op {
+        Request(BlockRef),
+        Cancel(BlockRef),
+        Interested(bool),
+        Choke(bool),
+        Serve,
+        Refuse,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        // Mostly valid blocks, some invalid ones, drawn from a small space so CANCELs hit.
+        let block = (
+            0u32..12,
+            prop_oneof![Just(0u32), Just(16384), Just(49152), Just(65535)],
+            prop_oneof![Just(0u32), Just(1), Just(16384), Just(16385)],
+        )
+            .prop_map(|(piece, begin, len)| BlockRef { piece, begin, len });
+        prop_oneof![
+            6 => block.clone().prop_map(Op::Request),
+            2 => block.prop_map(Op::Cancel),
+            1 => any::<bool>().prop_map(Op::Interested),
+            1 => any::<bool>().prop_map(Op::Choke),
+            3 => Just(Op::Serve),
+            1 => Just(Op::Refuse),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the peer and the choker do: the queue stays within `reqq`, only valid
+        /// blocks are handed out, and every request is accounted for exactly once (served,
+        /// rejected, cancelled, or still pending). With FAST each refusal or cancel sends one
+        /// REJECT; without FAST none is sent.
+        #[test]
+        fn every_request_is_answered_once(fast: bool, ops in proptest::collection::vec(op(), 0..300)) {
+            let mut p = Peer::new(cfg(), true, fast);
+            let mut out = Actions::new();
+            p.start(&mut out);
+            out.clear();
+            let mut rejects_sent = 0u64;
+            for op in ops {
+                match op {
+                    Op::Request(b) => p.on_message(&Message::Request(b), &mut out),
+                    Op::Cancel(b) => p.on_message(&Message::Cancel(b), &mut out),
+                    Op::Interested(i) => p.on_message(
+                        if i { &Message::Interested } else { &Message::NotInterested },
+                        &mut out,
+                    ),
+                    Op::Choke(c) => p.set_choked(c, &mut out),
+                    Op::Serve => {
+                        if let Some(b) = p.take_request() {
+                            proptest::prop_assert!(cfg().check_block(&b).is_ok());
+                            p.on_served(b);
+                        }
+                    }
+                    Op::Refuse => {
+                        if let Some(b) = p.take_request() {
+                            p.refuse(b, &mut out);
+                        }
+                    }
+                }
+                for a in out.drain() {
+                    match a {
+                        Action::Send(OwnedMessage::Reject(_)) => rejects_sent += 1,
+                        Action::Send(OwnedMessage::Interested) => {
+                            proptest::prop_assert!(false, "a seed sent INTERESTED")
+                        }
+                        _ => {}
+                    }
+                }
+                proptest::prop_assert!(p.queued() as u64 + u64::from(p.in_flight()) <= u64::from(cfg().reqq));
+                let st = p.stats();
+                proptest::prop_assert_eq!(
+                    st.requests_received,
+                    st.requests_served + st.requests_rejected + st.requests_cancelled
+                        + p.queued() as u64 + u64::from(p.in_flight())
+                );
+                let expect = if fast { st.requests_rejected + st.requests_cancelled } else { 0 };
+                proptest::prop_assert_eq!(rejects_sent, expect);
+            }
+        }
+    }
+
     trait TapClear {
         fn tap_clear(&mut self) -> &mut Self;
     }
