@@ -33,6 +33,7 @@ def main():
 
     peers = [ltcommon.parse_addr(p) for p in args.peer]
     t0 = time.monotonic()
+    wall0 = time.time() - t0  # wall clock = wall0 + monotonic (for cross-process timings)
     ses = ltcommon.make_session(
         args.bind,
         0,
@@ -100,6 +101,8 @@ def main():
         "after_first_byte": (done - first_byte) if first_byte else None,
         "bytes": total,
         "downloaded": s.total_payload_download,
+        "first_byte_at": (wall0 + first_byte) if first_byte else None,
+        "done_at": wall0 + done,
     }
     print("progress: 1.0000 %d 0" % total, flush=True)
     print("result: " + json.dumps(res), flush=True)

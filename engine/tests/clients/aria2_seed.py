@@ -1,0 +1,192 @@
+#!/usr/bin/python3
+"""aria2c 1.36 as a SEEDER on loopback (it only accepts incoming connections when seeding).
+
+usage: aria2_seed.py TORRENT... --data DIR --listen 127.0.0.x:PORT [--timeout S] [--workdir DIR]
+
+Starts aria2c with DHT, LPD, PEX off (aria2 has no uTP and no UPnP), bound to the given
+127.0.0.x (--interface), hash-checking DIR/<name> first (-V), then seeding forever
+(--seed-ratio=0). Readiness is read over aria2's JSON-RPC (on 127.0.0.1, random secret):
+once every download is a complete seeder, prints `info_hash: <hex>` per torrent,
+`pid: <aria2c pid>` and `listening: ip:port`, then serves until SIGTERM/SIGINT.
+Exit 1 if the data is not complete or the check does not finish, 3 if aria2c is missing.
+"""
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+stop = False
+
+
+def on_signal(_sig, _frame):
+    global stop
+    stop = True
+
+
+def log(msg):
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+def parse_addr(s):
+    ip, _, port = s.rpartition(":")
+    if not ip.startswith("127."):
+        log("error: refusing non-loopback address %r" % ip)
+        sys.exit(2)
+    return ip, int(port)
+
+
+def free_port(ip):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind((ip, 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Rpc:
+    def __init__(self, port, secret):
+        self.url = "http://127.0.0.1:%d/jsonrpc" % port
+        self.secret = secret
+        self.n = 0
+
+    def call(self, method, *params):
+        self.n += 1
+        body = json.dumps(
+            {"jsonrpc": "2.0", "id": str(self.n), "method": method,
+             "params": ["token:" + self.secret] + list(params)}
+        ).encode()
+        req = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            resp = json.loads(r.read().decode())
+        if "error" in resp:
+            raise RuntimeError("aria2 %s: %s" % (method, resp["error"]))
+        return resp["result"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("torrents", nargs="+")
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--listen", default="127.0.0.1:0")
+    ap.add_argument("--timeout", type=float, default=3600.0)
+    ap.add_argument("--check-timeout", type=float, default=600.0)
+    ap.add_argument("--workdir")
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    exe = shutil.which("aria2c")
+    if exe is None:
+        log("error: aria2c is not installed (Debian package aria2)")
+        return 3
+    ip, port = parse_addr(args.listen)
+    if port == 0:
+        port = free_port(ip)
+    tmp = None
+    if not args.workdir:
+        tmp = tempfile.mkdtemp(prefix="aria2-")
+        args.workdir = tmp
+    workdir = os.path.abspath(args.workdir)
+    os.makedirs(workdir, exist_ok=True)
+    rpc_port = free_port("127.0.0.1")
+    secret = secrets.token_hex(16)
+    cmd = [
+        exe,
+        "--no-conf=true",
+        "--dir=%s" % os.path.abspath(args.data),
+        "--check-integrity=true",
+        "--bt-seed-unverified=false",
+        "--seed-ratio=0.0",
+        "--listen-port=%d" % port,
+        "--interface=%s" % ip,
+        "--disable-ipv6=true",
+        "--enable-dht=false",
+        "--enable-dht6=false",
+        "--bt-enable-lpd=false",
+        "--enable-peer-exchange=false",
+        "--bt-max-peers=0",
+        "--max-overall-upload-limit=0",
+        "--max-upload-limit=0",
+        "--file-allocation=none",
+        "--auto-save-interval=0",
+        "--save-session-interval=0",
+        "--summary-interval=0",
+        "--console-log-level=warn",
+        "--enable-color=false",
+        "--bt-tracker-connect-timeout=1",
+        "--bt-tracker-timeout=1",
+        "--enable-rpc=true",
+        "--rpc-listen-all=false",
+        "--rpc-listen-port=%d" % rpc_port,
+        "--rpc-secret=%s" % secret,
+        "--stop-with-process=%d" % os.getpid(),
+    ] + [os.path.abspath(t) for t in args.torrents]
+    logf = open(os.path.join(workdir, "aria2c.log"), "wb")
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, cwd=workdir)
+    rpc = Rpc(rpc_port, secret)
+    try:
+        deadline = time.monotonic() + args.check_timeout
+        while True:
+            if proc.poll() is not None:
+                log("error: aria2c exited with %s" % proc.returncode)
+                return 1
+            if stop or time.monotonic() > deadline:
+                log("error: aria2c did not become a seeder within %ss" % args.check_timeout)
+                return 1
+            try:
+                act = rpc.call("aria2.tellActive", ["gid", "status", "seeder", "completedLength",
+                                                    "totalLength", "infoHash", "verifiedLength",
+                                                    "verifyIntegrityPending"])
+            except (OSError, urllib.error.URLError):
+                time.sleep(0.1)
+                continue
+            ready = [a for a in act if a.get("seeder") == "true"
+                     and a["completedLength"] == a["totalLength"]
+                     and "verifiedLength" not in a and "verifyIntegrityPending" not in a]
+            if len(ready) == len(args.torrents):
+                break
+            stopped = rpc.call("aria2.tellStopped", 0, 100, ["gid", "status", "errorMessage"])
+            if stopped:
+                log("error: aria2c stopped a download: %s" % stopped)
+                return 1
+            time.sleep(0.1)
+        for a in ready:
+            print("info_hash: %s" % a["infoHash"], flush=True)
+        print("pid: %d" % proc.pid, flush=True)
+        print("listening: %s:%d" % (ip, port), flush=True)
+        end = time.monotonic() + args.timeout
+        while not stop and time.monotonic() < end:
+            if proc.poll() is not None:
+                log("error: aria2c exited with %s" % proc.returncode)
+                return 1
+            time.sleep(0.2)
+        try:
+            st = rpc.call("aria2.getGlobalStat")
+            log("upload speed at stop: %s" % st.get("uploadSpeed"))
+        except Exception:
+            pass
+        return 0
+    finally:
+        if proc.poll() is None:
+            try:
+                rpc.call("aria2.forceShutdown")
+                proc.wait(5)
+            except Exception:
+                proc.kill()
+                proc.wait(5)
+        logf.close()
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
