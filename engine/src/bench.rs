@@ -1,15 +1,651 @@
-//! `uring-bt bench`: disk and network throughput against the machine's limits.
+//! `uring-bt bench`: disk throughput against the machine's limits.
+//!
+//! `bench disk` reads random blocks of a warm file (its pages cached: warmed right before, with
+//! residency measured before and after) through four paths, one thread each unless told:
+//! - **storage**: the engine's own [`UringStore`] (its ring, registered file, registered pool
+//!   buffers, batched submissions), `queue-depth` reads in flight from as many tasks;
+//! - **tokio-uring**: `File::read_at` on tokio-uring's ring, `queue-depth` tasks;
+//! - **pread**: plain `pread` from `threads` threads;
+//! - **mmap**: copies out of a shared read-only mapping from `threads` threads.
+//!
+//! The runners are public so the criterion benchmarks (`benches/disk.rs`) measure the same code.
 
+use std::cell::Cell;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use uring_bt_storage::layout::{FileEntry, Layout};
+use uring_bt_storage::pool::BufPool;
+use uring_bt_storage::store::{BlockStore, TorrentId};
+use uring_bt_storage::uring::{UringConfig, UringStore};
 
 /// Arguments of `uring-bt bench disk`.
-#[derive(Debug, clap::Args)]
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchDiskArgs {
-    /// File to read (created and filled when missing).
-    pub path: Option<std::path::PathBuf>,
+    /// File to read (created and filled when missing or of another size). Use an ext4 path such
+    /// as /var/tmp, never tmpfs: io_uring hands tmpfs reads to worker threads.
+    pub path: Option<PathBuf>,
+    /// Block size in bytes (1..=1 MiB).
+    #[arg(long, default_value_t = 16_384)]
+    pub block_size: u32,
+    /// Reads in flight for the io_uring paths (1..=4096).
+    #[arg(long, default_value_t = 32)]
+    pub queue_depth: usize,
+    /// File size in MiB when the file is created.
+    #[arg(long, default_value_t = 1024)]
+    pub size_mib: u64,
+    /// Seconds per path.
+    #[arg(long, default_value_t = 3.0)]
+    pub seconds: f64,
+    /// Threads for the pread and mmap paths.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Default benchmark file.
+pub const DEFAULT_PATH: &str = "/var/tmp/uring-bt-bench-1g.bin";
+
+/// Result of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunResult {
+    pub ops: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// Per-read latencies in nanoseconds, sorted (empty when not recorded).
+    pub lat_ns: Vec<u32>,
+}
+
+impl RunResult {
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64() / 1e6
+    }
+    pub fn iops(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+    /// Latency percentile `p` (0..=100) in microseconds.
+    pub fn pct_us(&self, p: f64) -> f64 {
+        if self.lat_ns.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((p / 100.0) * (self.lat_ns.len() - 1) as f64).round() as usize;
+        f64::from(self.lat_ns[i.min(self.lat_ns.len() - 1)]) / 1e3
+    }
+    fn merge(mut self, o: RunResult) -> RunResult {
+        self.ops += o.ops;
+        self.bytes += o.bytes;
+        self.elapsed = self.elapsed.max(o.elapsed);
+        self.lat_ns.extend(o.lat_ns);
+        self
+    }
+}
+
+/// `n` random block-aligned offsets in a file of `size` bytes (xorshift, fixed seed).
+pub fn random_offsets(size: u64, block: u32, n: usize, seed: u64) -> Vec<u64> {
+    let blocks = (size / u64::from(block)).max(1);
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) % blocks) * u64::from(block)
+        })
+        .collect()
+}
+
+/// Creates `path` with `size` bytes of non-zero data unless it already has that size.
+pub fn ensure_file(path: &Path, size: u64) -> anyhow::Result<()> {
+    if std::fs::metadata(path)
+        .map(|m| m.len() == size)
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let chunk: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        f.write_all(&chunk[..n])
+            .with_context(|| format!("writing {}", path.display()))?;
+        left -= n as u64;
+    }
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Reads the whole file (1 MiB preads) so its pages are cached.
+pub fn warm(path: &Path) -> anyhow::Result<()> {
+    let f = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    loop {
+        let n = f.read_at(&mut buf, off)?;
+        if n == 0 {
+            return Ok(());
+        }
+        off += n as u64;
+    }
+}
+
+/// Pages of `path` resident in the page cache, and its page count (like `fincore`).
+pub fn residency(path: &Path) -> anyhow::Result<(u64, u64)> {
+    let f = File::open(path)?;
+    let len = f.metadata()?.len() as usize;
+    if len == 0 {
+        return Ok((0, 0));
+    }
+    let page = 4096usize;
+    let pages = len.div_ceil(page);
+    // SAFETY: a fresh read-only shared mapping of an open file; unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        bail!("mmap: {}", std::io::Error::last_os_error());
+    }
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `vec` has one byte per page of the mapping.
+    let r = unsafe { libc::mincore(p, len, vec.as_mut_ptr()) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: unmapping the mapping made above.
+    unsafe { libc::munmap(p, len) };
+    if r != 0 {
+        bail!("mincore: {err}");
+    }
+    Ok((
+        vec.iter().filter(|&&b| b & 1 == 1).count() as u64,
+        pages as u64,
+    ))
+}
+
+/// The engine's storage path: a [`UringStore`] over one file, on its own tokio-uring runtime.
+pub struct StorageRunner {
+    rt: tokio_uring::Runtime,
+    store: Rc<UringStore>,
+    pool: Rc<BufPool>,
+    t: TorrentId,
+    piece_len: u32,
+    block: u32,
+}
+
+impl StorageRunner {
+    /// `fixed`: registered buffers and a registered file (the engine's default); otherwise plain
+    /// `Read` with a plain descriptor on the same ring.
+    pub fn new(path: &Path, block: u32, depth: usize, fixed: bool) -> anyhow::Result<Self> {
+        let size = std::fs::metadata(path)?.len();
+        let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let name = path.file_name().context("file name")?;
+        let piece_len = block.saturating_mul(64);
+        let layout = Layout::new(
+            vec![FileEntry {
+                path: PathBuf::from(name),
+                length: size,
+                padding: false,
+            }],
+            piece_len,
+        )?;
+        let rt = tokio_uring::Runtime::new(&tokio_uring::builder())?;
+        let (store, pool, t) = rt.block_on(async {
+            let pool = BufPool::new(depth.max(1), block as usize)?;
+            let store = UringStore::new(
+                UringConfig {
+                    ring_entries: (depth as u32).next_power_of_two().clamp(64, 4096),
+                    max_open_files: 4,
+                    register_buffers: fixed,
+                    register_files: fixed,
+                },
+                Rc::clone(&pool),
+            )?;
+            let t = store.add_torrent(Arc::new(layout), dir, false);
+            anyhow::Ok((store, pool, t))
+        })?;
+        Ok(StorageRunner {
+            rt,
+            store,
+            pool,
+            t,
+            piece_len,
+            block,
+        })
+    }
+
+    pub fn store(&self) -> &Rc<UringStore> {
+        &self.store
+    }
+
+    /// Reads a block at every offset, `depth` at a time.
+    pub fn run(&self, offsets: &[u64], depth: usize, record: bool) -> anyhow::Result<RunResult> {
+        let offsets: Rc<[u64]> = offsets.into();
+        self.rt.block_on(async {
+            let next = Rc::new(Cell::new(0usize));
+            let start = Instant::now();
+            let mut hs = Vec::with_capacity(depth);
+            for _ in 0..depth.max(1) {
+                let (store, pool, next, offsets) = (
+                    Rc::clone(&self.store),
+                    Rc::clone(&self.pool),
+                    Rc::clone(&next),
+                    Rc::clone(&offsets),
+                );
+                let (t, pl, block) = (self.t, u64::from(self.piece_len), self.block);
+                hs.push(tokio_uring::spawn(async move {
+                    let mut r = RunResult::default();
+                    if record {
+                        r.lat_ns.reserve(offsets.len() / depth.max(1) + 1);
+                    }
+                    loop {
+                        let i = next.get();
+                        if i >= offsets.len() {
+                            return Ok::<_, anyhow::Error>(r);
+                        }
+                        next.set(i + 1);
+                        let off = offsets[i];
+                        let t0 = record.then(Instant::now);
+                        let buf = pool.take().await;
+                        let (res, buf) = store
+                            .read_block(t, (off / pl) as u32, (off % pl) as u32, block, buf)
+                            .await;
+                        res?;
+                        std::hint::black_box(buf.block().first());
+                        drop(buf);
+                        if let Some(t0) = t0 {
+                            r.lat_ns
+                                .push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+                        }
+                        r.ops += 1;
+                        r.bytes += u64::from(block);
+                    }
+                }));
+            }
+            let mut total = RunResult::default();
+            for h in hs {
+                total = total.merge(h.await??);
+            }
+            total.elapsed = start.elapsed();
+            total.lat_ns.sort_unstable();
+            Ok(total)
+        })
+    }
+}
+
+/// tokio-uring `File::read_at`, `depth` tasks, one owned `Vec` buffer each.
+pub struct TokioUringRunner {
+    rt: tokio_uring::Runtime,
+    file: Rc<tokio_uring::fs::File>,
+    block: u32,
+}
+
+impl TokioUringRunner {
+    pub fn new(path: &Path, block: u32) -> anyhow::Result<Self> {
+        let rt = tokio_uring::Runtime::new(&tokio_uring::builder())?;
+        let file = rt.block_on(tokio_uring::fs::File::open(path))?;
+        Ok(TokioUringRunner {
+            rt,
+            file: Rc::new(file),
+            block,
+        })
+    }
+
+    pub fn run(&self, offsets: &[u64], depth: usize, record: bool) -> anyhow::Result<RunResult> {
+        let offsets: Rc<[u64]> = offsets.into();
+        self.rt.block_on(async {
+            let next = Rc::new(Cell::new(0usize));
+            let start = Instant::now();
+            let mut hs = Vec::with_capacity(depth);
+            for _ in 0..depth.max(1) {
+                let (file, next, offsets) =
+                    (Rc::clone(&self.file), Rc::clone(&next), Rc::clone(&offsets));
+                let block = self.block;
+                hs.push(tokio_uring::spawn(async move {
+                    let mut r = RunResult::default();
+                    let mut buf = vec![0u8; block as usize];
+                    loop {
+                        let i = next.get();
+                        if i >= offsets.len() {
+                            return Ok::<_, anyhow::Error>(r);
+                        }
+                        next.set(i + 1);
+                        let t0 = record.then(Instant::now);
+                        let (res, b) = file.read_at(buf, offsets[i]).await;
+                        buf = b;
+                        let n = res?;
+                        if n != block as usize {
+                            bail!("short read of {n} bytes");
+                        }
+                        std::hint::black_box(buf.first());
+                        if let Some(t0) = t0 {
+                            r.lat_ns
+                                .push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+                        }
+                        r.ops += 1;
+                        r.bytes += n as u64;
+                    }
+                }));
+            }
+            let mut total = RunResult::default();
+            for h in hs {
+                total = total.merge(h.await??);
+            }
+            total.elapsed = start.elapsed();
+            total.lat_ns.sort_unstable();
+            Ok(total)
+        })
+    }
+}
+
+fn split_threads<F>(offsets: &[u64], threads: usize, f: F) -> anyhow::Result<RunResult>
+where
+    F: Fn(&[u64]) -> anyhow::Result<RunResult> + Sync,
+{
+    let threads = threads.max(1);
+    let per = offsets.len().div_ceil(threads).max(1);
+    let start = Instant::now();
+    let results: Vec<anyhow::Result<RunResult>> = std::thread::scope(|s| {
+        let hs: Vec<_> = offsets.chunks(per).map(|c| s.spawn(|| f(c))).collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("thread panicked")))
+            })
+            .collect()
+    });
+    let mut total = RunResult::default();
+    for r in results {
+        total = total.merge(r?);
+    }
+    total.elapsed = start.elapsed();
+    total.lat_ns.sort_unstable();
+    Ok(total)
+}
+
+/// Plain `pread` of each offset from `threads` threads.
+pub fn run_pread(
+    file: &File,
+    offsets: &[u64],
+    block: u32,
+    threads: usize,
+    record: bool,
+) -> anyhow::Result<RunResult> {
+    split_threads(offsets, threads, |chunk| {
+        let mut buf = vec![0u8; block as usize];
+        let mut r = RunResult::default();
+        for &off in chunk {
+            let t0 = record.then(Instant::now);
+            let n = file.read_at(&mut buf, off)?;
+            if n != block as usize {
+                bail!("short read of {n} bytes");
+            }
+            std::hint::black_box(buf.first());
+            if let Some(t0) = t0 {
+                r.lat_ns
+                    .push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+            }
+            r.ops += 1;
+            r.bytes += n as u64;
+        }
+        Ok(r)
+    })
+}
+
+/// A read-only shared mapping of a whole file.
+pub struct Mapping {
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and lives until drop; sharing pointers to it between threads
+// only allows reads.
+unsafe impl Sync for Mapping {}
+// SAFETY: as above; unmapping from another thread is fine.
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    pub fn new(file: &File) -> anyhow::Result<Mapping> {
+        let len = file.metadata()?.len() as usize;
+        // SAFETY: a fresh read-only shared mapping of an open file; unmapped in Drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            bail!("mmap: {}", std::io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: p as *const u8,
+            len,
+        })
+    }
+
+    fn slice(&self) -> &[u8] {
+        // SAFETY: the mapping covers `len` readable bytes while `self` lives. Another process
+        // truncating the file would raise SIGBUS: benchmark files are ours.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping what `new` mapped.
+        unsafe { libc::munmap(self.ptr as *mut libc::c_void, self.len) };
+    }
+}
+
+/// Copies each block out of a shared mapping (what a seeder that mmaps would pay per block),
+/// from `threads` threads.
+pub fn run_mmap(
+    map: &Mapping,
+    offsets: &[u64],
+    block: u32,
+    threads: usize,
+    record: bool,
+) -> anyhow::Result<RunResult> {
+    let data = map.slice();
+    split_threads(offsets, threads, |chunk| {
+        let mut buf = vec![0u8; block as usize];
+        let mut r = RunResult::default();
+        for &off in chunk {
+            let t0 = record.then(Instant::now);
+            let off = off as usize;
+            buf.copy_from_slice(&data[off..off + block as usize]);
+            std::hint::black_box(buf.first());
+            if let Some(t0) = t0 {
+                r.lat_ns
+                    .push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+            }
+            r.ops += 1;
+            r.bytes += u64::from(block);
+        }
+        Ok(r)
+    })
+}
+
+/// Runs `f` on batches of offsets until `seconds` have passed (at least one batch).
+fn for_seconds(
+    offsets: &[u64],
+    seconds: f64,
+    mut f: impl FnMut(&[u64]) -> anyhow::Result<RunResult>,
+) -> anyhow::Result<RunResult> {
+    let deadline = Instant::now() + Duration::from_secs_f64(seconds.max(0.1));
+    let mut total = RunResult::default();
+    let mut elapsed = Duration::ZERO;
+    let mut i = 0usize;
+    let batch = 16_384.min(offsets.len());
+    loop {
+        let lo = (i * batch) % offsets.len();
+        let hi = (lo + batch).min(offsets.len());
+        let r = f(&offsets[lo..hi])?;
+        elapsed += r.elapsed;
+        total = total.merge(r);
+        i += 1;
+        if Instant::now() >= deadline {
+            break;
+        }
+    }
+    total.elapsed = elapsed;
+    total.lat_ns.sort_unstable();
+    Ok(total)
 }
 
 /// Runs `uring-bt bench disk`.
-pub fn run_disk(_args: BenchDiskArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("bench disk: not built yet")
+pub fn run_disk(args: BenchDiskArgs) -> anyhow::Result<ExitCode> {
+    if args.block_size == 0 || args.block_size > 1 << 20 {
+        bail!("--block-size must be in 1..=1048576");
+    }
+    if args.queue_depth == 0 || args.queue_depth > 4096 {
+        bail!("--queue-depth must be in 1..=4096");
+    }
+    if args.threads == 0 || args.threads > 256 {
+        bail!("--threads must be in 1..=256");
+    }
+    if !(args.seconds > 0.0 && args.seconds <= 600.0) {
+        bail!("--seconds must be in (0, 600]");
+    }
+    let path = args
+        .path
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
+    let size = args
+        .size_mib
+        .checked_mul(1 << 20)
+        .context("--size-mib too large")?;
+    if !path.exists() {
+        ensure_file(&path, size)?;
+    }
+    let file_size = std::fs::metadata(&path)?.len();
+    if file_size < u64::from(args.block_size) {
+        bail!("{} is smaller than one block", path.display());
+    }
+    let offsets = random_offsets(file_size, args.block_size, 1 << 20, 0x5eed_cafe);
+
+    warm(&path)?;
+    let before = residency(&path)?;
+
+    let block = args.block_size;
+    let depth = args.queue_depth;
+    let storage = StorageRunner::new(&path, block, depth, true)?;
+    let (fixed_bufs, fixed_files) = storage.store().is_fixed();
+    let r_storage = for_seconds(&offsets, args.seconds, |o| storage.run(o, depth, true))?;
+    drop(storage);
+    let tu = TokioUringRunner::new(&path, block)?;
+    let r_tu = for_seconds(&offsets, args.seconds, |o| tu.run(o, depth, true))?;
+    drop(tu);
+    let file = File::open(&path)?;
+    let r_pread = for_seconds(&offsets, args.seconds, |o| {
+        run_pread(&file, o, block, args.threads, true)
+    })?;
+    let map = Mapping::new(&file)?;
+    let r_mmap = for_seconds(&offsets, args.seconds, |o| {
+        run_mmap(&map, o, block, args.threads, true)
+    })?;
+    drop(map);
+    let after = residency(&path)?;
+
+    let rows = [
+        ("storage (uring-bt ring)", &r_storage),
+        ("tokio-uring read_at", &r_tu),
+        ("pread", &r_pread),
+        ("mmap copy", &r_mmap),
+    ];
+    let mut out = std::io::stdout().lock();
+    let res = if args.json {
+        let runs: Vec<_> = rows
+            .iter()
+            .map(|(name, r)| {
+                serde_json::json!({
+                    "path": name, "ops": r.ops, "bytes": r.bytes,
+                    "seconds": r.elapsed.as_secs_f64(),
+                    "mb_per_s": r.mb_per_s(), "iops": r.iops(),
+                    "p50_us": r.pct_us(50.0), "p99_us": r.pct_us(99.0), "p999_us": r.pct_us(99.9),
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "file": path.display().to_string(), "file_size": file_size,
+            "block_size": block, "queue_depth": depth, "threads": args.threads,
+            "registered_buffers": fixed_bufs, "registered_files": fixed_files,
+            "resident_pages_before": before.0, "resident_pages_after": after.0,
+            "pages": before.1, "runs": runs,
+        });
+        writeln!(out, "{v}")
+    } else {
+        let mut s = format!(
+            "file {} ({} MiB), block {} B, queue depth {} (io_uring paths), {} thread(s) (pread, mmap)\n\
+             page cache: {}/{} pages resident before, {}/{} after; registered buffers {}, files {}\n\
+             {:<26} {:>10} {:>10} {:>9} {:>9} {:>9}\n",
+            path.display(), file_size >> 20, block, depth, args.threads,
+            before.0, before.1, after.0, after.1, fixed_bufs, fixed_files,
+            "path", "MB/s", "IOPS", "p50 us", "p99 us", "p99.9 us"
+        );
+        for (name, r) in rows {
+            s.push_str(&format!(
+                "{:<26} {:>10.0} {:>10.0} {:>9.1} {:>9.1} {:>9.1}\n",
+                name,
+                r.mb_per_s(),
+                r.iops(),
+                r.pct_us(50.0),
+                r.pct_us(99.0),
+                r.pct_us(99.9)
+            ));
+        }
+        out.write_all(s.as_bytes())
+    };
+    match res {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_paths_read_the_same_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        ensure_file(&path, 4 << 20).unwrap();
+        let offs = random_offsets(4 << 20, 16_384, 2_000, 1);
+        assert!(offs.iter().all(|o| o % 16_384 == 0 && *o < 4 << 20));
+        let s = StorageRunner::new(&path, 16_384, 8, true).unwrap();
+        let r = s.run(&offs, 8, true).unwrap();
+        assert_eq!(r.ops, 2_000);
+        assert_eq!(r.lat_ns.len(), 2_000);
+        let t = TokioUringRunner::new(&path, 16_384).unwrap();
+        assert_eq!(t.run(&offs, 8, false).unwrap().ops, 2_000);
+        let f = File::open(&path).unwrap();
+        assert_eq!(run_pread(&f, &offs, 16_384, 2, false).unwrap().ops, 2_000);
+        let m = Mapping::new(&f).unwrap();
+        assert_eq!(run_mmap(&m, &offs, 16_384, 2, false).unwrap().ops, 2_000);
+        let (res, pages) = residency(&path).unwrap();
+        assert_eq!(pages, 1024);
+        assert!(res <= pages);
+    }
 }

@@ -160,3 +160,45 @@ fn writes_then_reads_back_and_framing() {
         30_000
     );
 }
+
+/// Reads that miss the page cache complete after `io_uring_enter` returns (io-wq or the page
+/// wait queue): the driver must learn of them through the eventfd.
+#[test]
+fn cold_reads_complete_through_the_eventfd() {
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Arc::new(Layout::new(vec![fe("cold", 8 << 20)], 1 << 20).unwrap());
+    write_files(&layout, dir.path());
+    let f = std::fs::File::open(dir.path().join("cold")).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: advisory call on an open descriptor.
+    let r = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(r, 0);
+    tokio_uring::start(async {
+        let pool = BufPool::new(16, 16_384).unwrap();
+        let store = UringStore::new(cfg(4), Rc::clone(&pool)).unwrap();
+        let t = store.add_torrent(Arc::clone(&layout), dir.path().to_path_buf(), false);
+        let mut hs = Vec::new();
+        for w in 0..16usize {
+            let (store, pool, layout) = (Rc::clone(&store), Rc::clone(&pool), Arc::clone(&layout));
+            let mine: Vec<_> = all_blocks(&layout, 16_384)
+                .into_iter()
+                .skip(w)
+                .step_by(16)
+                .collect();
+            hs.push(tokio_uring::spawn(async move {
+                for (p, b, n) in mine {
+                    let (r, buf) = store.read_block(t, p, b, n, pool.take().await).await;
+                    r.unwrap();
+                    assert_eq!(buf.block(), &expected(&layout, p, b, n)[..]);
+                }
+            }));
+        }
+        for h in hs {
+            h.await.unwrap();
+        }
+        let s = store.stats();
+        eprintln!("{s:?}");
+        assert_eq!(s.reads, 512);
+    });
+}

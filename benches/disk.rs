@@ -1,0 +1,105 @@
+//! 16 KiB random reads from a warm 1 GiB file on ext4 (/var/tmp), through:
+//! - `storage`: the engine's `UringStore` (own ring, registered file + registered pool buffers,
+//!   batched submissions), at queue depths 1, 32, 128; and `storage_plain` (same ring, plain
+//!   `Read` + plain descriptor) at 32, to show what registration buys;
+//! - `tokio_uring`: `File::read_at` with an owned `Vec` per task, at depths 1, 32, 128;
+//! - `pread` and `mmap` (copy out of a shared mapping): one thread (a synchronous call has no
+//!   queue depth).
+//!
+//! The file is created if missing, read in full right before the group (warm page cache) and its
+//! residency printed before and after (compare with `fincore`).
+//!
+//! Run: `cargo bench -p uring-bt-benches --bench disk -- --warm-up-time 1 --measurement-time 3`
+
+use std::fs::File;
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use uring_bt::bench::{
+    ensure_file, random_offsets, residency, run_mmap, run_pread, warm, Mapping, StorageRunner,
+    TokioUringRunner, DEFAULT_PATH,
+};
+
+const BLOCK: u32 = 16_384;
+const SIZE: u64 = 1 << 30;
+/// Reads per criterion iteration.
+const BATCH: usize = 1_024;
+
+fn batches(offsets: &[u64], iters: u64, mut f: impl FnMut(&[u64]) -> Duration) -> Duration {
+    let n = offsets.len() / BATCH;
+    (0..iters as usize)
+        .map(|i| {
+            let lo = (i % n) * BATCH;
+            f(&offsets[lo..lo + BATCH])
+        })
+        .sum()
+}
+
+fn disk(c: &mut Criterion) {
+    let path = Path::new(DEFAULT_PATH);
+    ensure_file(path, SIZE).expect("creating the benchmark file");
+    warm(path).expect("warming");
+    let (res, pages) = residency(path).expect("residency");
+    eprintln!("disk bench: {DEFAULT_PATH}: {res}/{pages} pages resident before");
+    let offsets = random_offsets(SIZE, BLOCK, 1 << 20, 0x5eed);
+
+    let mut g = c.benchmark_group("disk_16k_random");
+    g.throughput(Throughput::Bytes(u64::from(BLOCK) * BATCH as u64));
+    for depth in [1usize, 32, 128] {
+        let s = StorageRunner::new(path, BLOCK, depth, true).expect("storage runner");
+        assert_eq!(s.store().is_fixed(), (true, true));
+        g.bench_function(BenchmarkId::new("storage", depth), |b| {
+            b.iter_custom(|iters| {
+                batches(&offsets, iters, |o| {
+                    s.run(o, depth, false).expect("read").elapsed
+                })
+            })
+        });
+        drop(s);
+        if depth == 32 {
+            let s = StorageRunner::new(path, BLOCK, depth, false).expect("storage runner");
+            g.bench_function(BenchmarkId::new("storage_plain", depth), |b| {
+                b.iter_custom(|iters| {
+                    batches(&offsets, iters, |o| {
+                        s.run(o, depth, false).expect("read").elapsed
+                    })
+                })
+            });
+        }
+        let t = TokioUringRunner::new(path, BLOCK).expect("tokio-uring runner");
+        g.bench_function(BenchmarkId::new("tokio_uring", depth), |b| {
+            b.iter_custom(|iters| {
+                batches(&offsets, iters, |o| {
+                    t.run(o, depth, false).expect("read").elapsed
+                })
+            })
+        });
+    }
+    let file = File::open(path).expect("open");
+    g.bench_function(BenchmarkId::new("pread", 1), |b| {
+        b.iter_custom(|iters| {
+            batches(&offsets, iters, |o| {
+                run_pread(&file, o, BLOCK, 1, false).expect("read").elapsed
+            })
+        })
+    });
+    let map = Mapping::new(&file).expect("mmap");
+    g.bench_function(BenchmarkId::new("mmap", 1), |b| {
+        b.iter_custom(|iters| {
+            batches(&offsets, iters, |o| {
+                run_mmap(&map, o, BLOCK, 1, false).expect("read").elapsed
+            })
+        })
+    });
+    g.finish();
+    let (res, pages) = residency(path).expect("residency");
+    eprintln!("disk bench: {DEFAULT_PATH}: {res}/{pages} pages resident after");
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(20);
+    targets = disk
+}
+criterion_main!(benches);
