@@ -194,6 +194,35 @@ impl Layout {
         (start / pl) as u32..end.div_ceil(pl) as u32
     }
 
+    /// Stream byte range of piece `piece` (empty when out of range).
+    pub fn piece_range(&self, piece: u32) -> Range<u64> {
+        let start = u64::from(piece) * u64::from(self.piece_length);
+        start..start + u64::from(self.piece_size(piece))
+    }
+
+    /// The pieces that bytes `[offset, offset + len)` of file `index` touch (empty when `len`
+    /// is 0 or the range lies past the file's end; the range is clipped to the file).
+    pub fn file_range_pieces(&self, index: usize, offset: u64, len: u64) -> Range<u32> {
+        let f = &self.files[index];
+        if len == 0 || offset >= f.length {
+            return 0..0;
+        }
+        let end = offset.saturating_add(len).min(f.length);
+        let start = self.offsets[index] + offset;
+        let end = self.offsets[index] + end; // exclusive
+        let pl = u64::from(self.piece_length);
+        // Both bounded by num_pieces, which fits in u32.
+        (start / pl) as u32..end.div_ceil(pl) as u32
+    }
+
+    /// Number of non-padding files with data (the files a full check must open).
+    pub fn data_files(&self) -> usize {
+        self.files
+            .iter()
+            .filter(|f| !f.padding && f.length > 0)
+            .count()
+    }
+
     /// The files that piece `piece` touches, as a range of file indices (zero-length files inside
     /// the range included).
     pub fn piece_files(&self, piece: u32) -> Range<usize> {
@@ -313,5 +342,123 @@ mod tests {
         assert_eq!(l.file_pieces(3), 0..3);
         assert_eq!(l.piece_files(0), 0..4);
         assert_eq!(l.piece_files(1), 3..4);
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The naive model: the file holding stream byte `pos`, and its offset in that file, found
+    /// by a linear scan (zero-length files hold no bytes).
+    fn naive_locate(files: &[FileEntry], pos: u64) -> (usize, u64) {
+        let mut start = 0;
+        for (i, f) in files.iter().enumerate() {
+            if pos < start + f.length {
+                return (i, pos - start);
+            }
+            start += f.length;
+        }
+        unreachable!("pos {pos} past the end")
+    }
+
+    fn files_strategy() -> impl Strategy<Value = Vec<FileEntry>> {
+        prop::collection::vec((0u64..3_000, any::<bool>(), 0u8..4), 1..12).prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (len, pad, zero))| FileEntry {
+                    path: PathBuf::from(format!("f{i}")),
+                    // One file in four is empty.
+                    length: if zero == 0 { 0 } else { len },
+                    padding: pad && len % 3 == 0,
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn spans_match_the_naive_model(
+            files in files_strategy(),
+            piece_length in 1u32..5_000,
+            a in any::<u64>(), b in any::<u64>(), c in any::<u32>(),
+        ) {
+            let Ok(l) = Layout::new(files.clone(), piece_length) else {
+                // Only an all-empty torrent is refused here.
+                prop_assert_eq!(files.iter().map(|f| f.length).sum::<u64>(), 0);
+                return Ok(());
+            };
+            let total: u64 = files.iter().map(|f| f.length).sum();
+            prop_assert_eq!(l.total_length(), total);
+            prop_assert_eq!(u64::from(l.num_pieces()), total.div_ceil(u64::from(piece_length)));
+            let piece = (a % u64::from(l.num_pieces())) as u32;
+            let size = l.piece_size(piece);
+            prop_assert!(size > 0 && size <= piece_length);
+            let begin = (b % u64::from(size)) as u32;
+            let len = 1 + c % (size - begin);
+            let spans: Vec<Span> = l.spans(piece, begin, len).unwrap().collect();
+            // Byte by byte, the spans agree with the naive model.
+            let start = l.piece_range(piece).start + u64::from(begin);
+            let mut covered = 0u32;
+            for s in &spans {
+                prop_assert!(s.len > 0);
+                prop_assert_eq!(s.buf_offset, covered);
+                prop_assert!(s.file_offset + u64::from(s.len) <= files[s.file_index].length);
+                for k in [0, s.len - 1] {
+                    let pos = start + u64::from(s.buf_offset + k);
+                    prop_assert_eq!(naive_locate(&files, pos), (s.file_index, s.file_offset + u64::from(k)));
+                }
+                covered += s.len;
+            }
+            prop_assert_eq!(covered, len);
+            // Spans are in stream order over distinct files.
+            for w in spans.windows(2) {
+                prop_assert!(w[0].file_index < w[1].file_index);
+            }
+            // Out-of-range requests are refused.
+            prop_assert!(l.spans(piece, begin, size - begin + 1).is_err());
+            prop_assert!(l.spans(l.num_pieces(), 0, 1).is_err());
+            prop_assert!(l.spans(piece, begin, 0).is_err());
+        }
+
+        #[test]
+        fn file_to_pieces_matches_the_naive_model(
+            files in files_strategy(),
+            piece_length in 1u32..5_000,
+            off in any::<u64>(), len in 0u64..10_000,
+        ) {
+            let Ok(l) = Layout::new(files.clone(), piece_length) else { return Ok(()); };
+            let pl = u64::from(piece_length);
+            for (i, f) in files.iter().enumerate() {
+                // Naive: the set of pieces of every byte of the file.
+                let start = l.file_offset(i);
+                let naive: std::collections::BTreeSet<u32> =
+                    (start..start + f.length).map(|p| (p / pl) as u32).collect();
+                let got: std::collections::BTreeSet<u32> = l.file_pieces(i).collect();
+                prop_assert_eq!(&got, &naive);
+                // Every piece's file range contains i exactly when i has bytes in that piece.
+                for p in 0..l.num_pieces() {
+                    if f.length > 0 {
+                        prop_assert_eq!(l.piece_files(p).contains(&i), naive.contains(&p),
+                            "piece {} file {}", p, i);
+                    }
+                }
+                // A sub-range of the file.
+                if f.length > 0 {
+                    let o = off % f.length;
+                    let naive: std::collections::BTreeSet<u32> = (start + o
+                        ..start + (o + len).min(f.length))
+                        .map(|p| (p / pl) as u32)
+                        .collect();
+                    let got: std::collections::BTreeSet<u32> =
+                        l.file_range_pieces(i, o, len).collect();
+                    prop_assert_eq!(got, naive);
+                }
+                prop_assert!(l.file_range_pieces(i, f.length, 5).is_empty());
+            }
+        }
     }
 }
