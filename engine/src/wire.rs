@@ -381,8 +381,10 @@ pub fn decode(buf: &[u8], max_len: u32) -> Result<Option<(Message<'_>, usize)>, 
     if len == 0 {
         return Ok(Some((Message::KeepAlive, 4)));
     }
-    // `len <= max_len <= u32::MAX`; on 64-bit targets this cannot overflow.
-    let total = 4 + len as usize;
+    // Cannot overflow on 64-bit targets; checked for 32-bit ones.
+    let Some(total) = usize::try_from(len).ok().and_then(|l| l.checked_add(4)) else {
+        return Err(WireError::TooLong { len, max: max_len });
+    };
     let Some(body) = buf.get(4..total) else {
         return Ok(None);
     };
