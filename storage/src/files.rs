@@ -424,7 +424,7 @@ fn make_dirs(root_fd: RawFd, root: &Path, rel_dir: &Path) -> Result<OwnedFd, Sto
             .map_err(|e| classify(&path, e, OpenMode::ReadWrite))?;
         cur = Some(next);
     }
-    cur.ok_or_else(|| StorageError::UnsafePath { path })
+    cur.ok_or(StorageError::UnsafePath { path })
 }
 
 /// Current size of an open file.
