@@ -2,7 +2,9 @@
 """Side-by-side seeding benchmark on loopback: uring-bt against real seeders.
 
 Seeds the same file (default 2 GiB, 1 MiB pieces) from each seeder in turn to the same
-four python-libtorrent leechers (each on its own 127.0.0.x), and reports per seeder:
+four python-libtorrent leechers (each on its own 127.0.0.x, plaintext handshakes: no MSE/PE,
+so that no seeder pays for encryption or for libtorrent's encrypted-then-plain retry), and
+reports per seeder:
 seconds until all leechers finish, aggregate MB/s (and after the first byte), the seeder's
 CPU seconds per GiB served (utime+stime from /proc/<pid>/stat, counted from the moment it is
 ready to serve: its start-up hash check is excluded), its peak RSS (VmHWM) and anonymous RSS
@@ -262,7 +264,8 @@ def run_one(kind, args, payload, torrent, size, base):
         outf = open(os.path.join(workdir, "leech-%d.out" % i), "w+")
         errf = open(os.path.join(workdir, "leech-%d.err" % i), "w+")
         p = spawn([PYTHON, os.path.join(CLIENTS, "lt_leech.py"), torrent, "--save", d,
-                   "--peer", s.addr, "--bind", ip, "--timeout", str(args.timeout), "--quiet"],
+                   "--peer", s.addr, "--bind", ip, "--timeout", str(args.timeout), "--quiet",
+                   "--plaintext"],
                   stdout=outf, stderr=errf, stdin=subprocess.DEVNULL)
         leechers.append((p, outf, errf))
 
@@ -450,7 +453,7 @@ def main():
             ", ".join("%s %s" % kv for kv in sorted(v.items()))),
         "",
         "CPU s counts the seeder process (all threads) from ready-to-serve to the last leecher's "
-        "completion (start-up checks excluded). Peak RSS of libtorrent/qBittorrent includes the "
+        "completion (start-up checks excluded). Leechers use plain (unencrypted) handshakes. Peak RSS of libtorrent/qBittorrent includes the "
         "mmap'd payload: compare anon RSS.",
         "",
         "",

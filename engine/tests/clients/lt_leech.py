@@ -29,22 +29,28 @@ def main():
     ap.add_argument("--bind", default="127.0.0.2")
     ap.add_argument("--timeout", type=float, default=120.0)
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
+    ap.add_argument(
+        "--plaintext",
+        action="store_true",
+        help="no MSE/PE encryption: dial with a plain BitTorrent handshake (libtorrent's default "
+        "first tries an encrypted one, and retries in plaintext when a seeder drops it)",
+    )
     args = ap.parse_args()
 
     peers = [ltcommon.parse_addr(p) for p in args.peer]
     t0 = time.monotonic()
     wall0 = time.time() - t0  # wall clock = wall0 + monotonic (for cross-process timings)
-    ses = ltcommon.make_session(
-        args.bind,
-        0,
-        {
-            "inactivity_timeout": 120,
-            "peer_connect_timeout": 5,
-            # keep dialing the one seeder we were told about
-            "max_failcount": 1000,
-            "min_reconnect_time": 1,
-        },
-    )
+    extra = {
+        "inactivity_timeout": 120,
+        "peer_connect_timeout": 5,
+        # keep dialing the one seeder we were told about
+        "max_failcount": 1000,
+        "min_reconnect_time": 1,
+    }
+    if args.plaintext:
+        extra["out_enc_policy"] = lt.enc_policy.disabled
+        extra["in_enc_policy"] = lt.enc_policy.disabled
+    ses = ltcommon.make_session(args.bind, 0, extra)
     p = lt.add_torrent_params()
     p.ti = lt.torrent_info(args.torrent)
     p.save_path = args.save
