@@ -15,6 +15,8 @@ use std::fs::File;
 use std::path::Path;
 use std::time::Duration;
 
+use uring_bt_storage::hash::{hash_pieces_with, HashOptions};
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use uring_bt::bench::{
     ensure_file, random_offsets, residency, run_mmap, run_pread, warm, Mapping, StorageRunner,
@@ -97,9 +99,46 @@ fn disk(c: &mut Criterion) {
     eprintln!("disk bench: {DEFAULT_PATH}: {res}/{pages} pages resident after");
 }
 
+/// Piece hashing over a warm 64 MiB file (1 MiB pieces), one thread: through the store's ring
+/// (`hash_piece`, 16 KiB and 64 KiB pool buffers) vs `storage::hash` (std `pread`, 64 KiB).
+fn hash(c: &mut Criterion) {
+    let path = Path::new("/var/tmp/uring-bt-bench-64m.bin");
+    ensure_file(path, 64 << 20).expect("creating the hash file");
+    warm(path).expect("warming");
+    let mut g = c.benchmark_group("hash_64mib");
+    g.throughput(Throughput::Bytes(64 << 20));
+    g.sample_size(10);
+    for block in [16_384u32, 65_536] {
+        let s = StorageRunner::with_piece_length(path, block, 1, true, 1 << 20)
+            .expect("storage runner");
+        g.bench_function(BenchmarkId::new("storage_hash_piece", block), |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| s.hash_all().expect("hash")).sum())
+        });
+    }
+    let s =
+        StorageRunner::with_piece_length(path, 16_384, 1, true, 1 << 20).expect("storage runner");
+    let layout = s.layout();
+    let root = path.parent().expect("parent").to_path_buf();
+    g.bench_function(BenchmarkId::new("std_pread_hash_pieces", 65_536), |b| {
+        b.iter(|| {
+            let r = hash_pieces_with(
+                &layout,
+                &root,
+                HashOptions {
+                    threads: 1,
+                    read_chunk: 65_536,
+                },
+                &|_| {},
+            );
+            assert!(r.iter().all(|x| x.is_ok()));
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20);
-    targets = disk
+    targets = disk, hash
 }
 criterion_main!(benches);
