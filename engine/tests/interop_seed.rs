@@ -280,3 +280,37 @@ fn drivers_download_from_libtorrent_reference_seeder() {
     let st = seeder.proc.terminate(Duration::from_secs(20));
     assert!(st.is_some_and(|s| s.success()), "{}", seeder.proc.logs());
 }
+
+#[test]
+fn libtorrent_rtorrent_and_qbittorrent_at_once_from_one_uring_bt_seeder() {
+    let clients = [Client::Libtorrent, Client::Rtorrent, Client::Qbittorrent];
+    for c in clients {
+        c.require();
+    }
+    let _g = heavy_lock();
+    let _t = Timed::new("three_clients_at_once");
+    let case = tree_case(1000, 0x3C);
+    let seeder = our_seeder(&case, None);
+    let mut leechers: Vec<(Proc, PathBuf)> = clients
+        .iter()
+        .map(|c| {
+            let save = case.save_dir(&format!("{c:?}"));
+            let l = spawn_leecher(
+                *c,
+                &case.torrent,
+                &save,
+                seeder.addr,
+                unique_ip(),
+                DOWNLOAD_TIMEOUT,
+            );
+            (l, save)
+        })
+        .collect();
+    for (l, _) in &mut leechers {
+        wait_leecher(l, DOWNLOAD_TIMEOUT);
+    }
+    for (_, save) in &leechers {
+        case.assert_downloaded(save);
+    }
+    stop_our_seeder(seeder);
+}
