@@ -73,11 +73,35 @@ pub struct FileTableStats {
     pub slot_waits: u64,
 }
 
+/// A multiplicative hasher for [`FileKey`] (two small integers): SipHash costs more than the
+/// rest of a table hit.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7C_C1_B7_27_22_0A_95);
+    }
+}
+
+type KeyBuildHasher = std::hash::BuildHasherDefault<KeyHasher>;
+
 /// The LRU-capped table of open files; see the module docs.
 #[derive(Debug)]
 pub struct FileTable {
     slots: Vec<Slot>,
-    lru: LruCache<FileKey, u32>,
+    lru: LruCache<FileKey, u32, KeyBuildHasher>,
     free: Vec<u32>,
     waiters: VecDeque<Waker>,
     stats: FileTableStats,
@@ -101,7 +125,7 @@ impl FileTable {
         let cap = cap.max(1);
         FileTable {
             slots: (0..cap).map(|_| Slot::default()).collect(),
-            lru: LruCache::unbounded(),
+            lru: LruCache::unbounded_with_hasher(KeyBuildHasher::default()),
             free: (0..cap as u32).rev().collect(),
             waiters: VecDeque::new(),
             stats: FileTableStats::default(),

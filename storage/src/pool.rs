@@ -445,6 +445,44 @@ unsafe impl IoBufMut for PoolBuf {
     }
 }
 
+/// Bytes of RLIMIT_MEMLOCK kept for the rings themselves (charged on this kernel: ~32 KiB for
+/// 256 entries, ~400 KiB for 4,096) when sizing a pool.
+pub const RING_MEMLOCK_RESERVE: u64 = 512 << 10;
+
+/// How many buffers of `block_size` a shard's pool may have: the `requested` count capped at
+/// [`MAX_REGISTERED_BUFFERS`] and, for a non-root process (`unlimited_memlock == false`), at what
+/// `memlock_per_shard` bytes of RLIMIT_MEMLOCK can register after [`RING_MEMLOCK_RESERVE`].
+/// At least 1.
+pub fn derive_pool_size(
+    requested: usize,
+    block_size: usize,
+    memlock_per_shard: u64,
+    unlimited_memlock: bool,
+) -> usize {
+    let mut n = requested.clamp(1, MAX_REGISTERED_BUFFERS);
+    if !unlimited_memlock {
+        let stride = (HEADROOM + block_size.max(1)).div_ceil(PAGE) as u64 * PAGE as u64;
+        let budget = memlock_per_shard.saturating_sub(RING_MEMLOCK_RESERVE);
+        n = n.min((budget / stride).max(1) as usize);
+    }
+    n
+}
+
+/// [`derive_pool_size`] for this process: raises RLIMIT_MEMLOCK to its hard limit first and
+/// shares it between `shards`.
+pub fn pool_size_for_this_process(requested: usize, block_size: usize, shards: usize) -> usize {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let limit = raise_memlock_limit().unwrap_or(8 << 20);
+    let unlimited = root || limit == libc::RLIM_INFINITY;
+    derive_pool_size(
+        requested,
+        block_size,
+        limit / shards.max(1) as u64,
+        unlimited,
+    )
+}
+
 /// Raises the soft RLIMIT_MEMLOCK to the hard limit (registered buffers and rings are charged
 /// to it for non-root users). Returns the new soft limit in bytes.
 pub fn raise_memlock_limit() -> std::io::Result<u64> {
@@ -501,6 +539,24 @@ mod tests {
         }
         drop(bufs);
         assert_eq!(p.available(), 4);
+    }
+
+    #[test]
+    fn pool_size_follows_the_limits() {
+        // Root: only the kernel's 16,384 cap.
+        assert_eq!(
+            derive_pool_size(100_000, 16384, 0, true),
+            MAX_REGISTERED_BUFFERS
+        );
+        assert_eq!(derive_pool_size(0, 16384, 0, true), 1);
+        // Non-root, 8 MiB memlock: (8 MiB - 512 KiB) / 20 KiB strides.
+        assert_eq!(
+            derive_pool_size(4096, 16384, 8 << 20, false),
+            ((8 << 20) - (512 << 10)) / 20480
+        );
+        assert_eq!(derive_pool_size(10, 16384, 8 << 20, false), 10);
+        assert_eq!(derive_pool_size(10, 16384, 0, false), 1);
+        assert!(pool_size_for_this_process(64, 16384, 2) >= 1);
     }
 
     #[test]

@@ -202,3 +202,40 @@ fn cold_reads_complete_through_the_eventfd() {
         assert_eq!(s.reads, 512);
     });
 }
+
+/// The fallback when the ring refuses registration: plain descriptors and unregistered buffers.
+#[test]
+fn unregistered_fallback_reads_the_same_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Arc::new(Layout::new(vec![fe("u/a", 50_000), fe("u/b", 30_000)], 32_768).unwrap());
+    write_files(&layout, dir.path());
+    tokio_uring::start(async {
+        let pool = BufPool::new(4, 16_384).unwrap();
+        let store = UringStore::new(
+            UringConfig {
+                register_buffers: false,
+                register_files: false,
+                max_open_files: 1,
+                ..UringConfig::default()
+            },
+            Rc::clone(&pool),
+        )
+        .unwrap();
+        assert_eq!(store.is_fixed(), (false, false));
+        assert!(!pool.is_registered());
+        let t = store.add_torrent(Arc::clone(&layout), dir.path().to_path_buf(), false);
+        for (p, b, n) in all_blocks(&layout, 16_384) {
+            let (r, buf) = store.read_block(t, p, b, n, pool.take().await).await;
+            r.unwrap();
+            assert_eq!(buf.block(), &expected(&layout, p, b, n)[..]);
+        }
+        let w = store.add_torrent(Arc::clone(&layout), dir.path().join("copy"), true);
+        let mut buf = pool.take().await;
+        buf.fill_block(&expected(&layout, 1, 0, 16_384));
+        let (r, _) = store.write_block(w, 1, 0, buf).await;
+        r.unwrap();
+        let (r, buf) = store.read_block(w, 1, 0, 16_384, pool.take().await).await;
+        r.unwrap();
+        assert_eq!(buf.block(), &expected(&layout, 1, 0, 16_384)[..]);
+    });
+}
