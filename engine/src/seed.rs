@@ -77,6 +77,14 @@ pub struct SeedArgs {
     /// Seconds of silence (or of a stalled write) after which a peer is dropped.
     #[arg(long, default_value_t = 180, value_name = "SECS")]
     pub idle_timeout: u64,
+    /// Where resume data lives (one file per torrent, named by info hash). Default:
+    /// $XDG_STATE_HOME/uring-bt, else ~/.local/state/uring-bt.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Neither read nor write resume data: always check the data in full (or lazily with
+    /// --skip-check).
+    #[arg(long)]
+    pub no_resume: bool,
     /// Do not pin shard threads to cores.
     #[arg(long)]
     pub no_pin: bool,
@@ -269,6 +277,81 @@ fn check_data(l: &Loaded, threads: usize) -> anyhow::Result<Vec<u32>> {
     Ok(bad)
 }
 
+/// `$XDG_STATE_HOME/uring-bt`, else `~/.local/state/uring-bt`.
+fn default_state_dir() -> anyhow::Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("uring-bt"));
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .context("no HOME: pass --state-dir DIR or --no-resume")?;
+    Ok(PathBuf::from(home).join(".local/state/uring-bt"))
+}
+
+/// Checks a torrent's data before serving it: skipped when its resume data matches (same
+/// torrent, every file's size and mtime unchanged, every piece complete); otherwise a full
+/// check on all cores, whose result is saved as resume data. Returns whether every piece is good
+/// (having printed why not).
+fn check_or_resume(l: &Loaded, state_dir: Option<&Path>, cores: usize) -> anyhow::Result<bool> {
+    use uring_bt_storage::resume;
+    let layout = l.meta.layout();
+    let resume_path = state_dir.map(|d| d.join(format!("{}.resume", hex(&l.meta.info_hash))));
+    if let Some(path) = &resume_path {
+        let plan = resume::plan(path, &l.meta.info_hash, &layout, &l.root);
+        let n = layout.num_pieces();
+        let complete = (0..n).all(|p| resume::bit(&plan.have, p));
+        match &plan.full_check_reason {
+            None if plan.recheck.is_empty() && complete => {
+                eprintln!(
+                    "{}: resume data matches ({}): check skipped",
+                    l.meta.name,
+                    path.display()
+                );
+                return Ok(true);
+            }
+            None => eprintln!(
+                "{}: {} piece(s) changed since the resume data was written: checking",
+                l.meta.name,
+                plan.recheck.len()
+            ),
+            Some(reason) => tracing::debug!("{}: full check: {reason}", l.meta.name),
+        }
+    }
+    let started = Instant::now();
+    let bad = check_data(l, cores)?;
+    if !bad.is_empty() {
+        let shown: Vec<String> = bad.iter().take(10).map(|p| p.to_string()).collect();
+        eprintln!(
+            "error: {}: {} of {} pieces are bad or missing (first: {}); fix the data under {}, \
+             or pass --skip-check to serve the good ones",
+            l.meta.name,
+            bad.len(),
+            l.meta.pieces.len(),
+            shown.join(", "),
+            l.root.display()
+        );
+        return Ok(false);
+    }
+    eprintln!(
+        "checked {}: {} pieces good in {:.2} s",
+        l.meta.name,
+        l.meta.pieces.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(path) = &resume_path {
+        let have = crate::registry::AtomicBits::new(layout.num_pieces(), true).to_bytes();
+        let data = resume::snapshot(l.meta.info_hash, &layout, &l.root, &have);
+        let saved = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| resume::save(path, &data));
+        if let Err(e) = saved {
+            eprintln!("warning: cannot write resume data {}: {e}", path.display());
+        }
+    }
+    Ok(true)
+}
+
 /// Runs `uring-bt seed`.
 pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -293,34 +376,24 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
         fd_budget(nofile, shards, args.max_peers, args.max_open_files)?;
 
     let loaded = load_inputs(&args)?;
+    let state_dir = if args.no_resume {
+        None
+    } else {
+        Some(match &args.state_dir {
+            Some(d) => d.clone(),
+            None => default_state_dir()?,
+        })
+    };
     let mut registry = Registry::new();
     for (i, l) in loaded.iter().enumerate() {
         let verified = if args.skip_check {
             false
         } else {
-            let started = Instant::now();
-            let bad = check_data(l, cores)?;
-            if !bad.is_empty() {
-                let shown: Vec<String> = bad.iter().take(10).map(|p| p.to_string()).collect();
-                eprintln!(
-                    "error: {}: {} of {} pieces are bad or missing (first: {}); fix the data \
-                     under {}, or pass --skip-check to serve the good ones",
-                    l.meta.name,
-                    bad.len(),
-                    l.meta.pieces.len(),
-                    shown.join(", "),
-                    l.root.display()
-                );
-                return Ok(ExitCode::from(1));
-            }
-            eprintln!(
-                "checked {}: {} pieces good in {:.2} s",
-                l.meta.name,
-                l.meta.pieces.len(),
-                started.elapsed().as_secs_f64()
-            );
-            true
+            check_or_resume(l, state_dir.as_deref(), cores)?
         };
+        if !verified && !args.skip_check {
+            return Ok(ExitCode::from(1));
+        }
         let t = Torrent::new_seed(
             i,
             l.meta.info_hash,

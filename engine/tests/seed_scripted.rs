@@ -71,15 +71,18 @@ fn fixture(len: usize) -> Fixture {
 
 /// Starts the seeder on 127.0.0.1:0 and returns it with its address.
 fn start_seeder(f: &Fixture, extra: &[&str]) -> (Proc, SocketAddr) {
+    let stderr = std::fs::File::create(f._dir.path().join("seed.err")).unwrap();
     let mut child = Command::new(BIN)
         .arg("seed")
         .arg(&f.torrent)
         .arg("--data")
         .arg(&f.data_dir)
+        .arg("--state-dir")
+        .arg(f._dir.path().join("state"))
         .args(["--listen", "127.0.0.1:0", "--shards", "1", "--no-pin"])
         .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let mut stdout = child.stdout.take().unwrap();
@@ -438,4 +441,109 @@ fn choker_unchokes_up_to_slots_and_rotates() {
     c.s.set_read_timeout(Some(Duration::from_secs(35))).unwrap();
     let later = c.recv_until(|m| matches!(m, OwnedMessage::Unchoke));
     assert!(later.is_some(), "third peer never got a turn");
+}
+
+/// What the seeder printed on stderr so far.
+fn seeder_stderr(f: &Fixture) -> String {
+    std::fs::read_to_string(f._dir.path().join("seed.err")).unwrap()
+}
+
+#[test]
+fn resume_data_skips_the_check_until_a_file_changes() {
+    let f = fixture(300_000);
+    // First start: full check, resume data written.
+    let (s1, _) = start_seeder(&f, &[]);
+    drop(s1);
+    let err = seeder_stderr(&f);
+    assert!(err.contains("checked payload.bin: 10 pieces good"), "{err}");
+    let state = f._dir.path().join("state");
+    let resume = std::fs::read_dir(&state).unwrap().count();
+    assert_eq!(resume, 1, "one resume file expected in {state:?}");
+    // Second start: the resume data matches, no check.
+    let (s2, addr) = start_seeder(&f, &[]);
+    let err = seeder_stderr(&f);
+    assert!(err.contains("resume data matches"), "{err}");
+    // ...and it serves correct bytes.
+    let (mut p, _) = Scripted::connect(addr, f.info_hash, true);
+    p.recv().unwrap();
+    p.unchoked();
+    p.send(&Message::Request(BlockRef {
+        piece: 1,
+        begin: 0,
+        len: 16384,
+    }));
+    match p
+        .recv_until(|m| matches!(m, OwnedMessage::Piece { .. }))
+        .unwrap()
+    {
+        OwnedMessage::Piece { data, .. } => assert_eq!(&data[..], &f.content[32768..49152]),
+        _ => unreachable!(),
+    }
+    drop(s2);
+    // A file rewritten (new mtime): checked again.
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(f.data_dir.join("payload.bin"), &f.content).unwrap();
+    let (s3, _) = start_seeder(&f, &[]);
+    let err = seeder_stderr(&f);
+    assert!(
+        err.contains("changed since the resume data was written"),
+        "{err}"
+    );
+    assert!(err.contains("checked payload.bin: 10 pieces good"), "{err}");
+    drop(s3);
+    // Corrupt data with a stale resume file: the check finds it and the seeder refuses to start.
+    let mut bad = f.content.clone();
+    bad[40_000] ^= 0xff;
+    std::fs::write(f.data_dir.join("payload.bin"), &bad).unwrap();
+    let out = Command::new(BIN)
+        .arg("seed")
+        .arg(&f.torrent)
+        .arg("--data")
+        .arg(&f.data_dir)
+        .arg("--state-dir")
+        .arg(&state)
+        .args(["--listen", "127.0.0.1:0", "--shards", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1 of 10 pieces are bad"), "{err}");
+}
+
+#[test]
+fn skip_check_verifies_lazily_and_never_sends_a_bad_piece() {
+    let f = fixture(300_000);
+    let mut bad = f.content.clone();
+    bad[2 * 32768 + 100] ^= 0xff; // piece 2 is corrupt on disk
+    std::fs::write(f.data_dir.join("payload.bin"), &bad).unwrap();
+    let (_s, addr) = start_seeder(&f, &["--skip-check"]);
+    let (mut p, _) = Scripted::connect(addr, f.info_hash, true);
+    p.recv().unwrap();
+    p.unchoked();
+    let good = BlockRef {
+        piece: 1,
+        begin: 0,
+        len: 16384,
+    };
+    p.send(&Message::Request(good));
+    match p
+        .recv_until(|m| matches!(m, OwnedMessage::Piece { .. } | OwnedMessage::Reject(_)))
+        .unwrap()
+    {
+        OwnedMessage::Piece { data, .. } => assert_eq!(&data[..], &f.content[32768..49152]),
+        m => panic!("good piece refused: {m:?}"),
+    }
+    let corrupt = BlockRef {
+        piece: 2,
+        begin: 0,
+        len: 16384,
+    };
+    p.send(&Message::Request(corrupt));
+    match p
+        .recv_until(|m| matches!(m, OwnedMessage::Piece { .. } | OwnedMessage::Reject(_)))
+        .unwrap()
+    {
+        OwnedMessage::Reject(b) => assert_eq!(b, corrupt),
+        m => panic!("a piece that fails its hash was sent: {m:?}"),
+    }
 }
