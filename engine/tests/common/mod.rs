@@ -907,6 +907,13 @@ pub fn spawn_leecher(
         .arg(bind.to_string())
         .arg("--timeout")
         .arg(timeout.as_secs().to_string());
+    if client != Client::Libtorrent {
+        // the client's profile/session/socket dir: inside the test's temp dir, so that it goes
+        // away with the test even if the driver is killed
+        let mut work = save.as_os_str().to_owned();
+        work.push(format!("-work-{bind}"));
+        cmd.arg("--workdir").arg(work);
+    }
     Proc::spawn(&format!("{name} @{bind}"), cmd)
 }
 
