@@ -547,3 +547,81 @@ fn skip_check_verifies_lazily_and_never_sends_a_bad_piece() {
         m => panic!("a piece that fails its hash was sent: {m:?}"),
     }
 }
+
+#[test]
+fn seed_path_makes_the_torrent_then_serves_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub/deeper")).unwrap();
+    let a = data(70_000, 1);
+    let b = data(5, 2);
+    std::fs::write(tree.join("a.bin"), &a).unwrap();
+    std::fs::write(tree.join("sub/deeper/b.bin"), &b).unwrap();
+    let out_torrent = dir.path().join("made.torrent");
+    let mut child = Command::new(BIN)
+        .arg("seed")
+        .arg(&tree)
+        .arg("-o")
+        .arg(&out_torrent)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--listen", "127.0.0.1:0", "--shards", "1", "--no-pin"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let _guard = Proc(child);
+    let mut text = String::new();
+    let mut byte = [0u8; 1];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && !text.contains("magnet:") {
+        match stdout.read(&mut byte) {
+            Ok(1) => text.push(byte[0] as char),
+            _ => break,
+        }
+    }
+    while Instant::now() < deadline && !text.ends_with('\n') {
+        match stdout.read(&mut byte) {
+            Ok(1) => text.push(byte[0] as char),
+            _ => break,
+        }
+    }
+    let addr: SocketAddr = text
+        .lines()
+        .find_map(|l| l.strip_prefix("listening: "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no listening line in {text:?}"));
+    // The torrent was written where -o said, and names the tree.
+    let meta = uring_bt::metainfo::Metainfo::from_file(&out_torrent).unwrap();
+    assert_eq!(meta.name, "tree");
+    assert_eq!(meta.total_length, 70_005);
+    let magnet = text.lines().find(|l| l.starts_with("magnet:")).unwrap();
+    assert!(magnet.contains(&uring_bt::metainfo::hex(&meta.info_hash)));
+    assert!(magnet.contains("x.pe=127.0.0.1%3A"), "{magnet}");
+    // It serves the last block, which spans both files (a.bin's tail and b.bin).
+    let (mut p, _) = Scripted::connect(addr, meta.info_hash, true);
+    p.recv().unwrap();
+    p.unchoked();
+    let pl = meta.piece_length;
+    let last = meta.num_pieces() - 1;
+    let last_len = (70_005 - u64::from(last) * u64::from(pl)) as u32;
+    p.send(&Message::Request(BlockRef {
+        piece: last,
+        begin: 0,
+        len: last_len.min(16384),
+    }));
+    match p
+        .recv_until(|m| matches!(m, OwnedMessage::Piece { .. }))
+        .unwrap()
+    {
+        OwnedMessage::Piece { data: got, .. } => {
+            let mut all = a.clone();
+            all.extend_from_slice(&b);
+            let off = last as usize * pl as usize;
+            assert_eq!(&got[..], &all[off..off + got.len()]);
+        }
+        _ => unreachable!(),
+    }
+}
