@@ -203,8 +203,14 @@ impl UringStore {
                 cfg.max_open_files
             )));
         }
+        // Every operation holds a pool buffer, so at most `pool.capacity()` are in flight: a
+        // completion queue that large never overflows.
+        let cq = (pool.capacity() as u32)
+            .next_power_of_two()
+            .max(cfg.ring_entries.saturating_mul(2))
+            .min(65_536);
         let ring = IoUring::builder()
-            .setup_cqsize(cfg.ring_entries.saturating_mul(2))
+            .setup_cqsize(cq)
             .build(cfg.ring_entries)
             .map_err(StorageError::Ring)?;
 
@@ -843,6 +849,10 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
+        // Let the driver task see the store is gone and exit (dropping its eventfd).
+        if let Some(w) = self.driver_waker.get_mut().take() {
+            w.wake();
+        }
         // Operations still in flight were abandoned by dropped futures: wait for them so the
         // kernel never writes into a buffer or file we released.
         let mut failures = 0;

@@ -239,3 +239,28 @@ fn unregistered_fallback_reads_the_same_bytes() {
         assert_eq!(buf.block(), &expected(&layout, 1, 0, 16_384)[..]);
     });
 }
+
+/// Dropping a store ends its driver task and releases its descriptors (ring, eventfd, files).
+#[test]
+fn dropping_the_store_releases_its_descriptors() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Arc::new(Layout::new(vec![fe("z/a", 20_000)], 16_384).unwrap());
+    write_files(&layout, dir.path());
+    tokio_uring::start(async {
+        let before = open_fds();
+        for _ in 0..20 {
+            let pool = BufPool::new(2, 16_384).unwrap();
+            let store = UringStore::new(cfg(4), Rc::clone(&pool)).unwrap();
+            let t = store.add_torrent(Arc::clone(&layout), dir.path().to_path_buf(), false);
+            let (r, _) = store.read_block(t, 1, 0, 100, pool.take().await).await;
+            r.unwrap();
+            // Let the reactor deliver the eventfd's readiness and the driver go idle.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            drop(store);
+            // The driver must now notice the store is gone and exit.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let after = open_fds();
+        assert!(after <= before + 2, "descriptors leak: {before} -> {after}");
+    });
+}
