@@ -403,6 +403,16 @@ impl PoolBuf {
         self.slice(start..HEADROOM + n)
     }
 
+    /// The slice from the current block end to `HEADROOM + total`: where the rest of a block
+    /// of `total` bytes goes when part of it already arrived (a short socket read). The block
+    /// length grows as bytes arrive. Panics if `total` exceeds the capacity or is below the
+    /// current block length (caller bugs).
+    pub fn into_fill_slice(self, total: usize) -> Slice<PoolBuf> {
+        assert!(total <= self.pool.block_size && total >= self.block_len as usize);
+        let start = HEADROOM + self.block_len as usize;
+        self.slice(start..HEADROOM + total)
+    }
+
     /// The slice `[HEADROOM..HEADROOM + len)` to receive a block into (for example a PIECE
     /// payload read from a socket); the block length is reset to 0 and grows as bytes arrive.
     /// Panics if `len` exceeds the capacity (a caller bug).
