@@ -231,16 +231,25 @@ fn tree_served_under_ulimit_128_keeps_descriptors_under_the_cap() {
         "seeder's RLIMIT_NOFILE is not 128: {line}"
     );
     let sampler = FdSampler::start(pid, Duration::from_millis(10));
-    let save = case.save_dir("lt-nofile");
-    let mut l = spawn_leecher(
-        Client::Libtorrent,
-        &case.torrent,
-        &save,
-        seeder.addr,
-        unique_ip(),
-        DOWNLOAD_TIMEOUT,
-    );
-    wait_leecher(&mut l, DOWNLOAD_TIMEOUT);
+    // two leechers at once: their requests walk the 1,000 files independently, so the
+    // seeder's open-file table churns
+    let mut leechers: Vec<(Proc, PathBuf)> = (0..2)
+        .map(|i| {
+            let save = case.save_dir(&format!("lt-nofile-{i}"));
+            let l = spawn_leecher(
+                Client::Libtorrent,
+                &case.torrent,
+                &save,
+                seeder.addr,
+                unique_ip(),
+                DOWNLOAD_TIMEOUT,
+            );
+            (l, save)
+        })
+        .collect();
+    for (l, _) in &mut leechers {
+        wait_leecher(l, DOWNLOAD_TIMEOUT);
+    }
     let (max_fds, samples) = sampler.stop();
     eprintln!(
         "uring-bt seed under ulimit -n {CAP}: at most {max_fds} open fds in {samples} samples"
@@ -250,7 +259,9 @@ fn tree_served_under_ulimit_128_keeps_descriptors_under_the_cap() {
         (max_fds as u64) < CAP,
         "the seeder had {max_fds} descriptors open, cap {CAP}"
     );
-    case.assert_downloaded(&save);
+    for (_, save) in &leechers {
+        case.assert_downloaded(save);
+    }
     stop_our_seeder(seeder);
 }
 
