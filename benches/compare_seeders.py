@@ -222,7 +222,7 @@ class Seeder:
 def seeder_cmd(kind, args, torrent, data, workdir):
     listen = "127.0.0.1:0"
     if kind == "uring-bt":
-        return [args.uring_bt, "seed", torrent, "--data", data, "--listen", listen]
+        return [args.uring_bt, "seed", torrent, "--data", data, "--listen", listen, "--no-resume"]
     if kind == "libtorrent":
         return [PYTHON, os.path.join(CLIENTS, "lt_seed.py"), torrent, "--data", data,
                 "--listen", listen]

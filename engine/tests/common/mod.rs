@@ -762,7 +762,9 @@ pub fn spawn_our_seeder(torrents: &[&Path], data: &Path, nofile: Option<u64>) ->
     cmd.arg("--data")
         .arg(data)
         .arg("--listen")
-        .arg("127.0.0.1:0");
+        .arg("127.0.0.1:0")
+        // Tests leave nothing behind in the user's state directory.
+        .arg("--no-resume");
     cmd.env("RUST_BACKTRACE", "1");
     if let Some(cap) = nofile {
         // SAFETY: the closure runs in the forked child before exec and only calls
