@@ -42,13 +42,13 @@ pub struct BenchDiskArgs {
     /// File size in MiB when the file is created.
     #[arg(long, default_value_t = 1024)]
     pub size_mib: u64,
-    /// Seconds per round (shared by the six paths).
+    /// Seconds per round (shared by the seven paths).
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
     /// Threads for the pread and mmap paths.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Interleaved rounds (each path runs `seconds / 6` per round; the median round is reported).
+    /// Interleaved rounds (each path runs `seconds / 7` per round; the median round is reported).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Print one JSON object instead of a table.
@@ -199,7 +199,7 @@ impl StorageRunner {
     /// `fixed`: registered buffers and a registered file (the engine's default); otherwise plain
     /// `Read` with a plain descriptor on the same ring.
     pub fn new(path: &Path, block: u32, depth: usize, fixed: bool) -> anyhow::Result<Self> {
-        Self::with_piece_length(path, block, depth, fixed, block.saturating_mul(64))
+        Self::with_options(path, block, depth, fixed, fixed, block.saturating_mul(64))
     }
 
     /// [`Self::new`] with an explicit piece length (a multiple of `block` keeps every block
@@ -209,6 +209,18 @@ impl StorageRunner {
         block: u32,
         depth: usize,
         fixed: bool,
+        piece_len: u32,
+    ) -> anyhow::Result<Self> {
+        Self::with_options(path, block, depth, fixed, fixed, piece_len)
+    }
+
+    /// Registered file table and registered buffers chosen separately.
+    pub fn with_options(
+        path: &Path,
+        block: u32,
+        depth: usize,
+        register_files: bool,
+        register_buffers: bool,
         piece_len: u32,
     ) -> anyhow::Result<Self> {
         let size = std::fs::metadata(path)?.len();
@@ -230,8 +242,8 @@ impl StorageRunner {
                 UringConfig {
                     ring_entries: (depth as u32).next_power_of_two().clamp(64, 4096),
                     max_open_files: 4,
-                    register_buffers: fixed,
-                    register_files: fixed,
+                    register_buffers,
+                    register_files,
                 },
                 Rc::clone(&pool),
             )?;
@@ -591,12 +603,14 @@ pub fn run_disk(args: BenchDiskArgs) -> anyhow::Result<ExitCode> {
     let storage = StorageRunner::new(&path, block, depth, true)?;
     let (fixed_bufs, fixed_files) = storage.store().is_fixed();
     let plain = StorageRunner::new(&path, block, depth, false)?;
+    let mixed = StorageRunner::with_options(&path, block, depth, true, false, block * 64)?;
     let tu = TokioUringRunner::new(&path, block)?;
     let file = File::open(&path)?;
     let map = Mapping::new(&file)?;
     let names = [
-        "storage (fixed file+bufs)",
-        "storage (plain fd+bufs)",
+        "storage reg file+reg bufs",
+        "storage fd+plain bufs",
+        "storage reg file+plain bufs",
         "tokio-uring read_at",
         "pread",
         "mmap copy",
@@ -606,24 +620,33 @@ pub fn run_disk(args: BenchDiskArgs) -> anyhow::Result<ExitCode> {
     // each path reports its median round.
     let per = args.seconds / names.len() as f64;
     let mut rounds: Vec<Vec<RunResult>> = vec![Vec::new(); names.len()];
-    for _ in 0..args.rounds {
-        rounds[0].push(for_seconds(&offsets, per, |o| storage.run(o, depth, true))?);
-        rounds[1].push(for_seconds(&offsets, per, |o| plain.run(o, depth, true))?);
-        rounds[2].push(for_seconds(&offsets, per, |o| tu.run(o, depth, true))?);
-        rounds[3].push(for_seconds(&offsets, per, |o| {
-            run_pread(&file, o, block, args.threads, true)
-        })?);
-        rounds[4].push(for_seconds(&offsets, per, |o| {
-            run_mmap(&map, o, block, args.threads, true)
-        })?);
-        // A new mapping per batch of 16,384 reads: page faults included (a seeder serving
-        // many torrents maps pages it has not touched yet).
-        rounds[5].push(for_seconds(&offsets, per, |o| {
-            let m = Mapping::new(&file)?;
-            run_mmap(&m, o, block, args.threads, true)
-        })?);
+    for round in 0..args.rounds {
+        // Rotate the order each round so no path always runs first or after the same one.
+        for k in 0..names.len() {
+            let i = (round + k) % names.len();
+            let r = match i {
+                0 => for_seconds(&offsets, per, |o| storage.run(o, depth, true))?,
+                1 => for_seconds(&offsets, per, |o| plain.run(o, depth, true))?,
+                2 => for_seconds(&offsets, per, |o| mixed.run(o, depth, true))?,
+                3 => for_seconds(&offsets, per, |o| tu.run(o, depth, true))?,
+                4 => for_seconds(&offsets, per, |o| {
+                    run_pread(&file, o, block, args.threads, true)
+                })?,
+                5 => for_seconds(&offsets, per, |o| {
+                    run_mmap(&map, o, block, args.threads, true)
+                })?,
+                // A new mapping per batch of 16,384 reads: page faults included (a seeder
+                // serving many torrents maps pages it has not touched yet).
+                _ => for_seconds(&offsets, per, |o| {
+                    let m = Mapping::new(&file)?;
+                    run_mmap(&m, o, block, args.threads, true)
+                })?,
+            };
+            rounds[i].push(r);
+        }
     }
-    drop((storage, plain, tu, map));
+    let ring_stats = storage.store().stats();
+    drop((storage, plain, mixed, tu, map));
     let after = residency(&path)?;
     let medians: Vec<RunResult> = rounds
         .into_iter()
@@ -657,6 +680,8 @@ pub fn run_disk(args: BenchDiskArgs) -> anyhow::Result<ExitCode> {
             "registered_buffers": fixed_bufs, "registered_files": fixed_files,
             "resident_pages_before": before.0, "resident_pages_after": after.0,
             "pages": before.1, "runs": runs,
+            "storage_reads": ring_stats.reads, "storage_submits": ring_stats.submits,
+            "storage_eventfd_wakes": ring_stats.eventfd_wakes,
         });
         writeln!(out, "{v}")
     } else {
@@ -670,6 +695,13 @@ pub fn run_disk(args: BenchDiskArgs) -> anyhow::Result<ExitCode> {
             args.rounds, per,
             "path", "MB/s", "best MB/s", "IOPS", "p50 us", "p99 us", "p99.9 us"
         );
+        s.push_str(&format!(
+            "storage ring: {} reads in {} submits ({:.1} per io_uring_enter), {} eventfd wakes\n",
+            ring_stats.reads,
+            ring_stats.submits,
+            ring_stats.reads as f64 / ring_stats.submits.max(1) as f64,
+            ring_stats.eventfd_wakes
+        ));
         for (name, r) in rows {
             s.push_str(&format!(
                 "{:<27} {:>10.0} {:>10.0} {:>10.0} {:>9.1} {:>9.1} {:>9.1}\n",

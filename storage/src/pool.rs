@@ -6,13 +6,22 @@
 //! `LAB-NOTES.md`). The pool never allocates after [`BufPool::new`]: taking a buffer when none is
 //! free waits (backpressure) until another [`PoolBuf`] is dropped.
 //!
-//! Buffer shape (`HEADROOM` = 16):
+//! Buffer shape (`HEADROOM` = 4096, one page):
 //! ```text
-//! [0..3)    unused
-//! [3..16)   room for the 13-byte PIECE header: len (u32 BE) = 9 + n, id 7, piece (u32 BE), begin (u32 BE)
-//! [16..16+n) the block
+//! [0..4083)        unused
+//! [4083..4096)     room for the 13-byte PIECE header: len (u32 BE) = 9 + n, id 7,
+//!                  piece (u32 BE), begin (u32 BE)
+//! [4096..4096+n)   the block, page-aligned
 //! ```
 //! so the engine sends header and block with one write ([`PoolBuf::frame_piece`]).
+//!
+//! Why a whole page of headroom: the kernel copies a block from the page cache into the buffer,
+//! and that copy is measurably slower when the destination is not aligned like the source. With
+//! the block at offset 16, 16 KiB random reads through the storage ring ran at 83-86% of
+//! tokio-uring `read_at`'s MB/s in three interleaved runs; at offset 64 or 4096 they ran at
+//! 89-103% (`uring-bt bench disk`, see `docs/benchmarks.md`). A page-aligned block costs no
+//! memory for 16 KiB blocks (16 + 16,384 bytes round up to five pages anyway) and keeps the
+//! block in whole pages for registered-buffer (bvec) copies.
 //!
 //! [`PoolBuf`] implements tokio-uring's `IoBuf`/`IoBufMut` over the whole buffer
 //! `[0..HEADROOM + block_size)`; its *initialised length* is `HEADROOM + block_len`. The arena is
@@ -38,8 +47,9 @@ use tokio_uring::buf::{BoundedBuf, IoBuf, IoBufMut, Slice};
 
 use crate::store::StorageError;
 
-/// Bytes reserved before the block: the 13-byte PIECE header sits at `[3..16)`.
-pub const HEADROOM: usize = 16;
+/// Bytes reserved before the block (one page, so the block is page-aligned): the 13-byte PIECE
+/// header sits at `[HEADROOM - 13..HEADROOM)`. Code slices with this constant, never a literal.
+pub const HEADROOM: usize = 4096;
 /// Length of a PIECE message header: 4-byte length, 1-byte id, 4-byte index, 4-byte begin.
 pub const PIECE_HEADER_LEN: usize = 13;
 /// io_uring takes at most this many registered buffers per ring (more: EINVAL).
@@ -390,8 +400,9 @@ impl PoolBuf {
     }
 
     /// Writes the PIECE header for block `(piece, begin)` of the current block length into
-    /// `[3..16)` and returns the slice `[3..16 + n)`: header and block, ready for one socket
-    /// write. Get the buffer back with `slice.into_inner()` (or drop it: back to the pool).
+    /// `[HEADROOM - 13..HEADROOM)` and returns the slice `[HEADROOM - 13..HEADROOM + n)`: header
+    /// and block, ready for one socket write. Get the buffer back with `slice.into_inner()` (or
+    /// drop it: back to the pool).
     pub fn frame_piece(mut self, piece: u32, begin: u32) -> Slice<PoolBuf> {
         let n = self.block_len as usize;
         let start = HEADROOM - PIECE_HEADER_LEN;
@@ -546,7 +557,10 @@ mod tests {
         assert_eq!(idx, vec![0, 1, 2, 3]);
         for b in &bufs {
             assert_eq!(b.base_ptr() as usize % PAGE, 0);
+            assert_eq!(b.block_ptr() as usize % PAGE, 0, "blocks are page-aligned");
         }
+        // 16 KiB blocks fit five pages with the header page.
+        assert_eq!(p.stride(), 5 * PAGE);
         drop(bufs);
         assert_eq!(p.available(), 4);
     }
