@@ -29,6 +29,8 @@ use crate::layout::Layout;
 
 /// Bytes read per `pread`.
 pub const READ_CHUNK: usize = 64 * 1024;
+/// Alignment of the read buffer.
+const PAGE: usize = 4096;
 /// Approximate bytes of one work unit (at least one piece).
 pub const UNIT_BYTES: u64 = 8 << 20;
 
@@ -114,7 +116,10 @@ pub fn hash_pieces_with(
         let mut w = Worker {
             layout,
             root,
-            buf: vec![0u8; chunk],
+            // One page more than needed, so that a page-aligned window of `chunk` bytes fits:
+            // the kernel copies into a page-aligned buffer faster.
+            buf: vec![0u8; chunk + PAGE],
+            chunk,
             open: None,
         };
         loop {
@@ -160,7 +165,9 @@ pub fn hash_pieces_with(
 struct Worker<'a> {
     layout: &'a Layout,
     root: &'a Path,
+    /// Read buffer; the bytes used are the page-aligned window of `chunk` bytes inside it.
     buf: Vec<u8>,
+    chunk: usize,
     /// The file this thread has open: (file index, the file or why it could not be opened).
     open: Option<(usize, Result<File, HashError>)>,
 }
@@ -230,7 +237,9 @@ impl Worker<'_> {
                 continue;
             }
             let mut offset = span.file_offset;
-            let mut buf = std::mem::take(&mut self.buf);
+            let mut whole = std::mem::take(&mut self.buf);
+            let start = whole.as_ptr().align_offset(PAGE).min(PAGE);
+            let buf = &mut whole[start..start + self.chunk];
             let result = (|| {
                 let file = self.file(span.file_index)?;
                 while left > 0 {
@@ -258,7 +267,7 @@ impl Worker<'_> {
                 }
                 Ok(())
             })();
-            self.buf = buf;
+            self.buf = whole;
             result?;
         }
         Ok(h.finalize().into())
