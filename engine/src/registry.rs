@@ -235,7 +235,7 @@ mod tests {
         assert_eq!(all.count(), 70);
         let bytes = all.to_bytes();
         assert_eq!(bytes.len(), 9);
-        assert_eq!(bytes[8], 0b1100_0000);
+        assert_eq!(bytes[8], 0b1111_1100); // bits 64..70: six set, two spare clear
         assert_eq!(AtomicBits::new(64, true).count(), 64);
     }
 
