@@ -18,7 +18,7 @@
 
 use std::fs::File;
 use std::io::ErrorKind;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -180,7 +180,18 @@ impl Worker<'_> {
     fn file(&mut self, index: usize) -> Result<&File, HashError> {
         if self.open.as_ref().map(|(i, _)| *i) != Some(index) {
             let path = self.path(index);
-            let opened = match File::open(&path) {
+            // O_NONBLOCK: opening a FIFO put where a file should be must not hang (it has no
+            // effect on reads of regular files); anything but a regular file is refused.
+            let opened = match std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+            {
+                Ok(f) if !f.metadata().is_ok_and(|m| m.is_file()) => Err(HashError::Io {
+                    file_index: index,
+                    path,
+                    message: "not a regular file".into(),
+                }),
                 Ok(f) => {
                     advise_sequential(&f);
                     Ok(f)
@@ -368,6 +379,27 @@ mod tests {
             .map(|r| r.unwrap())
             .collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn special_files_are_refused_without_hanging() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        std::fs::create_dir(dir.path().join("adir")).unwrap();
+        let layout =
+            Layout::new(vec![fe("fifo", 10, false), fe("adir", 10, false)], 16384).unwrap();
+        let got = hash_pieces(&layout, dir.path(), 1, &|_| {});
+        assert_eq!(
+            got,
+            vec![Err(HashError::Io {
+                file_index: 0,
+                path: fifo,
+                message: "not a regular file".into()
+            })]
+        );
     }
 
     #[test]
