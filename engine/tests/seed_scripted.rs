@@ -625,3 +625,50 @@ fn seed_path_makes_the_torrent_then_serves_it() {
         _ => unreachable!(),
     }
 }
+
+#[test]
+fn several_torrents_in_one_process() {
+    let f = fixture(200_000);
+    // A second torrent in the same data directory.
+    let other = data(150_000, 99);
+    std::fs::write(f.data_dir.join("other.bin"), &other).unwrap();
+    let t2 = f._dir.path().join("other.torrent");
+    let out = Command::new(BIN)
+        .args(["create", "--piece-length", "16384", "-o"])
+        .arg(&t2)
+        .arg(f.data_dir.join("other.bin"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let m2 = uring_bt::metainfo::Metainfo::from_file(&t2).unwrap();
+    let t2s = t2.to_str().unwrap().to_string();
+    let (_s, addr) = start_seeder(&f, &[t2s.as_str()]);
+    for (hash, content, pl) in [
+        (f.info_hash, &f.content, 32768usize),
+        (m2.info_hash, &other, 16384usize),
+    ] {
+        let (mut p, theirs) = Scripted::connect(addr, hash, true);
+        assert_eq!(theirs.info_hash, hash);
+        p.recv().unwrap();
+        p.unchoked();
+        p.send(&Message::Request(BlockRef {
+            piece: 2,
+            begin: 0,
+            len: 16384,
+        }));
+        match p
+            .recv_until(|m| matches!(m, OwnedMessage::Piece { .. }))
+            .unwrap()
+        {
+            OwnedMessage::Piece { data, .. } => {
+                assert_eq!(&data[..], &content[2 * pl..2 * pl + 16384])
+            }
+            _ => unreachable!(),
+        }
+    }
+    let err = seeder_stderr(&f);
+    assert!(
+        err.contains("checked payload.bin") && err.contains("checked other.bin"),
+        "{err}"
+    );
+}
