@@ -263,6 +263,40 @@ fn missing_and_short_files_fail_verify() {
 }
 
 #[test]
+fn create_piped_has_no_progress_bar_and_warns_about_skipped_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    make_content(dir.path());
+    let c = dir.path().join("content");
+    std::os::unix::fs::symlink(c.join("sub"), c.join("dirlink")).unwrap();
+    std::os::unix::fs::symlink(c.join("big.bin"), c.join("filelink")).unwrap();
+    let t = dir.path().join("c.torrent");
+    let o = run(&["create", s(&c), "-o", s(&t), "--no-date"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // stdout: exactly the two contract lines.
+    let out = stdout(&o);
+    let keys: Vec<&str> = out.lines().map(|l| l.split(": ").next().unwrap()).collect();
+    assert_eq!(keys, ["info_hash", "magnet"]);
+    // stderr (not a terminal): the warning and the summary, no progress bar drawing.
+    let err = stderr(&o);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "{err}");
+    assert!(
+        lines[0].starts_with("warning: skipped ")
+            && lines[0].ends_with("dirlink: link to a directory, not followed"),
+        "{err}"
+    );
+    assert!(lines[1].starts_with("created "), "{err}");
+    assert!(!err.contains('\r') && !err.contains('\u{1b}'), "{err:?}");
+    // The link to a regular file is followed: its content is in the torrent.
+    let o = run(&["info", s(&t), "--json"]);
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(j["files"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!({"path": "filelink", "length": 300_000})));
+}
+
+#[test]
 fn closed_stdout_pipe_is_a_quiet_exit() {
     // A torrent with enough files that `info` writes more than a pipe buffer holds.
     let dir = tempfile::tempdir().unwrap();
