@@ -17,9 +17,9 @@
 //!
 //! Why a whole page of headroom: the kernel copies a block from the page cache into the buffer,
 //! and that copy is measurably slower when the destination is not aligned like the source. With
-//! the block at offset 16, 16 KiB random reads through the storage ring ran at 83-86% of
-//! tokio-uring `read_at`'s MB/s in three interleaved runs; at offset 64 or 4096 they ran at
-//! 89-103% (`uring-bt bench disk`, see `docs/benchmarks.md`). A page-aligned block costs no
+//! the block at offset 16, 16 KiB random reads through the storage ring ran at 83-87% of
+//! tokio-uring `read_at`'s MB/s in five interleaved runs; at offset 64 or 4096 they ran at
+//! 89-97% (`uring-bt bench disk`, see `docs/benchmarks.md`). A page-aligned block costs no
 //! memory for 16 KiB blocks (16 + 16,384 bytes round up to five pages anyway) and keeps the
 //! block in whole pages for registered-buffer (bvec) copies.
 //!
