@@ -561,31 +561,41 @@ fn for_seconds(
     Ok(total)
 }
 
-/// Runs `uring-bt bench disk`.
-pub fn run_disk(args: BenchDiskArgs) -> anyhow::Result<ExitCode> {
+/// Validates the arguments of `bench disk` (every limit explicit).
+pub fn check_args(args: &BenchDiskArgs) -> Result<(), String> {
     if args.block_size == 0 || args.block_size > 1 << 20 {
-        bail!("--block-size must be in 1..=1048576");
+        return Err("--block-size must be in 1..=1048576".into());
     }
     if args.queue_depth == 0 || args.queue_depth > 4096 {
-        bail!("--queue-depth must be in 1..=4096");
+        return Err("--queue-depth must be in 1..=4096".into());
     }
     if args.threads == 0 || args.threads > 256 {
-        bail!("--threads must be in 1..=256");
+        return Err("--threads must be in 1..=256".into());
     }
     if args.rounds == 0 || args.rounds > 100 {
-        bail!("--rounds must be in 1..=100");
+        return Err("--rounds must be in 1..=100".into());
     }
     if !(args.seconds > 0.0 && args.seconds <= 600.0) {
-        bail!("--seconds must be in (0, 600]");
+        return Err("--seconds must be in (0, 600]".into());
+    }
+    if args.size_mib == 0 || args.size_mib > 1 << 20 {
+        return Err("--size-mib must be in 1..=1048576".into());
+    }
+    Ok(())
+}
+
+/// Runs `uring-bt bench disk`.
+pub fn run_disk(args: BenchDiskArgs) -> anyhow::Result<ExitCode> {
+    if let Err(msg) = check_args(&args) {
+        // A usage error: exit code 2, like the argument parser's own errors.
+        eprintln!("error: {msg}");
+        return Ok(ExitCode::from(2));
     }
     let path = args
         .path
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH));
-    let size = args
-        .size_mib
-        .checked_mul(1 << 20)
-        .context("--size-mib too large")?;
+    let size = args.size_mib << 20;
     if !path.exists() {
         ensure_file(&path, size)?;
     }
@@ -726,6 +736,62 @@ pub fn run_disk(args: BenchDiskArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arguments_are_checked() {
+        let ok = BenchDiskArgs {
+            path: None,
+            block_size: 16_384,
+            queue_depth: 32,
+            size_mib: 1024,
+            seconds: 5.0,
+            threads: 1,
+            rounds: 3,
+            json: false,
+        };
+        assert!(check_args(&ok).is_ok());
+        for bad in [
+            BenchDiskArgs {
+                block_size: 0,
+                ..ok.clone()
+            },
+            BenchDiskArgs {
+                block_size: 2 << 20,
+                ..ok.clone()
+            },
+            BenchDiskArgs {
+                queue_depth: 0,
+                ..ok.clone()
+            },
+            BenchDiskArgs {
+                queue_depth: 5000,
+                ..ok.clone()
+            },
+            BenchDiskArgs {
+                threads: 0,
+                ..ok.clone()
+            },
+            BenchDiskArgs {
+                rounds: 0,
+                ..ok.clone()
+            },
+            BenchDiskArgs {
+                seconds: 0.0,
+                ..ok.clone()
+            },
+            BenchDiskArgs {
+                seconds: f64::NAN,
+                ..ok.clone()
+            },
+            BenchDiskArgs {
+                size_mib: 0,
+                ..ok.clone()
+            },
+        ] {
+            assert!(check_args(&bad).is_err(), "{bad:?}");
+            assert_eq!(run_disk(bad).unwrap(), ExitCode::from(2));
+        }
+    }
 
     #[test]
     fn all_paths_read_the_same_bytes() {
