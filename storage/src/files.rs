@@ -598,3 +598,96 @@ mod tests {
         assert!(p.join("a/b/c.bin").is_file());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Look a file up (pinning it), opening it on a miss.
+        Use(u32),
+        /// Complete one operation on the n-th pinned slot (if any).
+        Done(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0u32..12).prop_map(Op::Use),
+            2 => (0usize..16).prop_map(Op::Done),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Against a model (a recency list and a pin count per file): the table never evicts
+        /// or reuses a pinned slot, never holds more than `cap` files, reports `Busy` exactly
+        /// when every slot is pinned, and evicts the least recently used idle file.
+        #[test]
+        fn table_matches_the_model(cap in 1usize..6, ops in prop::collection::vec(op(), 1..200)) {
+            let r = NoRegistrar;
+            let mut t = FileTable::new(cap);
+            // Model: files in the table, most recent last, with their pins.
+            let mut recency: Vec<u32> = Vec::new();
+            let mut pins: std::collections::HashMap<u32, u32> = Default::default();
+            let mut slot_of: std::collections::HashMap<u32, u32> = Default::default();
+            let k = |f| FileKey { torrent: 1, file: f };
+            for op in ops {
+                match op {
+                    Op::Use(f) => {
+                        let got = t.reserve(k(f), &r, None);
+                        if let Some(pos) = recency.iter().position(|&x| x == f) {
+                            prop_assert_eq!(&got, &Reserve::Hit(slot_of[&f]));
+                            recency.remove(pos);
+                            recency.push(f);
+                            *pins.entry(f).or_default() += 1;
+                        } else if recency.len() < cap {
+                            let Reserve::Vacant(s) = got else {
+                                return Err(TestCaseError::fail(format!("want Vacant, got {got:?}")));
+                            };
+                            prop_assert!(slot_of.values().all(|&v| v != s), "slot {} in use", s);
+                            t.install(k(f), s, std::fs::File::open("/dev/null").unwrap().into(), &r).unwrap();
+                            recency.push(f);
+                            pins.insert(f, 1);
+                            slot_of.insert(f, s);
+                        } else {
+                            // Full: the least recently used idle file goes, or Busy.
+                            let victim = recency.iter().copied().find(|x| pins[x] == 0);
+                            match (victim, got) {
+                                (Some(v), Reserve::Vacant(s)) => {
+                                    prop_assert_eq!(s, slot_of[&v], "evicted the wrong file");
+                                    recency.retain(|&x| x != v);
+                                    pins.remove(&v);
+                                    slot_of.remove(&v);
+                                    t.install(k(f), s, std::fs::File::open("/dev/null").unwrap().into(), &r).unwrap();
+                                    recency.push(f);
+                                    pins.insert(f, 1);
+                                    slot_of.insert(f, s);
+                                }
+                                (None, Reserve::Busy) => {}
+                                (v, g) => return Err(TestCaseError::fail(format!("victim {v:?}, got {g:?}"))),
+                            }
+                        }
+                    }
+                    Op::Done(n) => {
+                        let pinned: Vec<u32> = recency.iter().copied().filter(|x| pins[x] > 0).collect();
+                        if !pinned.is_empty() {
+                            let f = pinned[n % pinned.len()];
+                            t.unpin(slot_of[&f]);
+                            *pins.get_mut(&f).unwrap() -= 1;
+                        }
+                    }
+                }
+                // Invariants after every step.
+                prop_assert!(t.open_files() <= cap);
+                prop_assert_eq!(t.open_files(), recency.len());
+                for (&f, &s) in &slot_of {
+                    prop_assert_eq!(t.slot_key(s), Some(k(f)));
+                    prop_assert_eq!(t.inflight(s), pins[&f]);
+                }
+            }
+        }
+    }
+}
