@@ -110,3 +110,28 @@ fn dropped_read_keeps_buffer_and_slot_until_completion() {
 
 use std::future::Future;
 use std::task::Poll;
+
+/// A store dropped with an abandoned operation still queued waits for it before releasing the
+/// ring, so its buffer comes back to the pool only once the kernel is done with it.
+#[test]
+fn store_dropped_with_an_operation_in_flight_drains_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Arc::new(Layout::new(vec![fe("x/a", 65_536)], 65_536).unwrap());
+    write_files(&layout, dir.path());
+    tokio_uring::start(async {
+        let pool = BufPool::new(2, 16_384).unwrap();
+        let store = UringStore::new(UringConfig::default(), Rc::clone(&pool)).unwrap();
+        let t = store.add_torrent(Arc::clone(&layout), dir.path().to_path_buf(), false);
+        {
+            let fut = store.read_block(t, 0, 0, 16_384, pool.take().await);
+            let mut fut = std::pin::pin!(fut);
+            let pending =
+                std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx).is_pending())).await;
+            assert!(pending);
+        }
+        assert_eq!(store.in_flight(), 1);
+        assert_eq!(pool.available(), 1);
+        drop(store); // the SQE was never submitted: drop submits it and waits
+        assert_eq!(pool.available(), 2);
+    });
+}
