@@ -357,21 +357,6 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("`{s}` is too large"))
 }
 
-fn human(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 fn create_cmd(a: CreateArgs) -> Result<ExitCode, Fail> {
     // Validate everything before hashing.
     let piece_length = a
@@ -440,9 +425,9 @@ fn create_cmd(a: CreateArgs) -> Result<ExitCode, Fail> {
         "created {}: {} file(s), {}, {} pieces of {}, hashed in {:.2} s ({:.0} MB/s, {} threads)",
         a.output.display(),
         source.files.len(),
-        human(m.total_length),
+        crate::seed::human_bytes(m.total_length),
         m.num_pieces(),
-        human(u64::from(m.piece_length)),
+        crate::seed::human_bytes(u64::from(m.piece_length)),
         secs,
         m.total_length as f64 / secs.max(1e-9) / 1e6,
         opts.threads,
@@ -602,7 +587,7 @@ fn verify_cmd(a: VerifyArgs) -> Result<ExitCode, Fail> {
     pb.finish_and_clear();
     note(format_args!(
         "verified {} in {:.2} s ({:.0} MB/s, {threads} threads)",
-        human(report.bytes),
+        crate::seed::human_bytes(report.bytes),
         secs,
         report.bytes as f64 / secs.max(1e-9) / 1e6,
     ));

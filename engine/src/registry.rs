@@ -205,16 +205,7 @@ impl Registry {
     }
 }
 
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(HEX[(b >> 4) as usize] as char);
-        s.push(HEX[(b & 15) as usize] as char);
-    }
-    s
-}
+pub use crate::metainfo::hex;
 
 #[cfg(test)]
 mod tests {
@@ -237,10 +228,5 @@ mod tests {
         assert_eq!(bytes.len(), 9);
         assert_eq!(bytes[8], 0b1111_1100); // bits 64..70: six set, two spare clear
         assert_eq!(AtomicBits::new(64, true).count(), 64);
-    }
-
-    #[test]
-    fn hex_lowercase() {
-        assert_eq!(hex(&[0x01, 0xab, 0xff]), "01abff");
     }
 }
