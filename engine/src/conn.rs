@@ -8,7 +8,8 @@
 //! - the **writer** owns every write, so the stream stays ordered: control messages first, then a
 //!   batch of requests: one pool buffer per block, the reads submitted together to the storage
 //!   ring, the PIECE headers written into each buffer's headroom, and header+block of the whole
-//!   batch sent with one `writev`. Buffers go back to the pool when the write completes.
+//!   batch sent with one `writev`. Buffers go back to the pool when the write completes. The next
+//!   batch is read while the previous one is being sent (one write in flight, always awaited).
 //!
 //! Timeouts never drop an operation: the shard's ticker shuts the socket down, which completes
 //! whatever is in flight with an error or EOF, and the tasks end on their own.
@@ -302,55 +303,113 @@ async fn writer(
     let batch = shard.cfg.batch.max(1);
     let mut ctrl: Vec<u8> = Vec::with_capacity(256);
     let mut reqs: Vec<BlockRef> = Vec::with_capacity(batch);
-    let mut frames: Vec<Slice<PoolBuf>> = Vec::with_capacity(batch);
     let wake = match shard.peers.borrow().get(key) {
         Some(s) => s.wake.clone(),
         None => return,
     };
-    loop {
-        {
-            let mut peers = shard.peers.borrow_mut();
-            let Some(slot) = peers.get_mut(key) else {
-                break;
-            };
-            if slot.closing {
-                break;
-            }
-            std::mem::swap(&mut ctrl, &mut slot.out);
-            if let Some(peer) = slot.peer.as_mut() {
-                while reqs.len() < batch {
-                    match peer.take_request() {
-                        Some(r) => reqs.push(r),
-                        None => break,
+    // The batch being sent while the next one is read: at most one write in flight, so the
+    // stream stays ordered. It is always awaited, never dropped (see the hazards in DESIGN.md).
+    let mut sending: Option<Sending<'_>> = None;
+    let outcome: Result<(), String> = async {
+        loop {
+            {
+                let mut peers = shard.peers.borrow_mut();
+                let Some(slot) = peers.get_mut(key) else {
+                    return Ok(());
+                };
+                if slot.closing {
+                    return Ok(());
+                }
+                std::mem::swap(&mut ctrl, &mut slot.out);
+                if let Some(peer) = slot.peer.as_mut() {
+                    while reqs.len() < batch {
+                        match peer.take_request() {
+                            Some(r) => reqs.push(r),
+                            None => break,
+                        }
                     }
                 }
             }
-        }
-        if ctrl.is_empty() && reqs.is_empty() {
-            wake.notified().await;
-            continue;
-        }
-        if !ctrl.is_empty() {
-            mark_writing(&shard, key, true);
-            let (res, b) = stream.write_all(ctrl).await;
-            ctrl = b;
-            ctrl.clear();
-            mark_writing(&shard, key, false);
-            if res.is_err() {
-                break;
+            if ctrl.is_empty() && reqs.is_empty() {
+                match sending.take() {
+                    Some(s) => s.await?,
+                    None => wake.notified().await,
+                }
+                continue;
+            }
+            if !ctrl.is_empty() {
+                if let Some(s) = sending.take() {
+                    s.await?;
+                }
+                mark_writing(&shard, key, true);
+                let (res, b) = stream.write_all(std::mem::take(&mut ctrl)).await;
+                ctrl = b;
+                ctrl.clear();
+                mark_writing(&shard, key, false);
+                res.map_err(|e| format!("write: {e}"))?;
+            }
+            if !reqs.is_empty() {
+                let next = read_batch(&shard, key, &torrent, &mut reqs);
+                let ready = match sending.take() {
+                    Some(s) => {
+                        let (sent, ready) = join2(s, next).await;
+                        sent?;
+                        ready
+                    }
+                    None => next.await,
+                };
+                if !ready.frames.is_empty() {
+                    sending = Some(Box::pin(send_batch(&shard, key, &torrent, &stream, ready)));
+                }
             }
         }
-        if !reqs.is_empty() {
-            if let Err(e) = serve(&shard, key, &torrent, &stream, &mut reqs, &mut frames).await {
-                tracing::debug!(shard = shard.cfg.index, "writer: {e}");
-                break;
-            }
-        }
+    }
+    .await;
+    // A write still in flight completes before the writer ends (it fails at once when the
+    // socket was shut down).
+    if let Some(s) = sending.take() {
+        let _ = s.await;
+    }
+    if let Err(e) = outcome {
+        tracing::debug!(shard = shard.cfg.index, "writer: {e}");
     }
     if let Some(slot) = shard.peers.borrow_mut().get_mut(key) {
         slot.close();
     }
     let _ = done.send(());
+}
+
+/// A batch's send in flight.
+type Sending<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + 'a>>;
+
+/// Runs two futures to completion together.
+async fn join2<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let mut a = std::pin::pin!(a);
+    let mut b = std::pin::pin!(b);
+    let mut ra = None;
+    let mut rb = None;
+    std::future::poll_fn(|cx| {
+        if ra.is_none() {
+            if let Poll::Ready(v) = a.as_mut().poll(cx) {
+                ra = Some(v);
+            }
+        }
+        if rb.is_none() {
+            if let Poll::Ready(v) = b.as_mut().poll(cx) {
+                rb = Some(v);
+            }
+        }
+        if ra.is_some() && rb.is_some() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    })
+    .await;
+    match (ra, rb) {
+        (Some(a), Some(b)) => (a, b),
+        _ => unreachable!("join2 finished with a side pending"),
+    }
 }
 
 fn mark_writing(shard: &Shard, key: usize, on: bool) {
@@ -409,16 +468,28 @@ async fn ensure_verified(shard: &Shard, torrent: &Torrent, p: u32) -> bool {
     }
 }
 
-/// Serves `reqs` (drained): reads them together into pool buffers, sends them with one writev.
-async fn serve(
+/// A batch of blocks read and framed, ready to send.
+struct Ready {
+    frames: Vec<Slice<PoolBuf>>,
+    served: Vec<BlockRef>,
+    payload: u64,
+}
+
+/// Reads the blocks of `reqs` together into pool buffers (one ring submission) and frames them.
+/// Requests that may not be served are refused; requests left without a free buffer stay in
+/// `reqs` for the next batch.
+async fn read_batch(
     shard: &Rc<Shard>,
     key: usize,
     torrent: &Torrent,
-    stream: &TcpStream,
     reqs: &mut Vec<BlockRef>,
-    frames: &mut Vec<Slice<PoolBuf>>,
-) -> Result<(), String> {
+) -> Ready {
     let tid = shard.tids[torrent.index];
+    let mut ready = Ready {
+        frames: Vec::with_capacity(reqs.len()),
+        served: Vec::with_capacity(reqs.len()),
+        payload: 0,
+    };
     // Refuse what we may not send; verify lazily what was not checked up front.
     let mut i = 0;
     while i < reqs.len() {
@@ -431,7 +502,7 @@ async fn serve(
         }
     }
     if reqs.is_empty() {
-        return Ok(());
+        return ready;
     }
     // One buffer per block: wait for the first (backpressure), take the rest only if free.
     let mut bufs = Vec::with_capacity(reqs.len());
@@ -442,41 +513,47 @@ async fn serve(
             None => break,
         }
     }
-    // Requests without a buffer go back to the front of the peer's queue... simpler: serve them
-    // in the next round (they stay in `reqs`).
     let n = bufs.len();
     let results = read_all(&shard.store, tid, &reqs[..n], bufs).await;
-    frames.clear();
-    let mut payload = 0u64;
-    for (r, (res, buf)) in reqs[..n].iter().zip(results) {
+    for (r, (res, buf)) in reqs.drain(..n).zip(results) {
         match res {
             Ok(()) => {
-                payload += u64::from(r.len);
-                frames.push(buf.frame_piece(r.piece, r.begin));
+                ready.payload += u64::from(r.len);
+                ready.frames.push(buf.frame_piece(r.piece, r.begin));
+                ready.served.push(r);
             }
             Err(e) => {
                 report_storage_error(torrent, &e);
-                refuse(shard, key, torrent, *r);
+                refuse(shard, key, torrent, r);
             }
         }
     }
-    let served: Vec<BlockRef> = reqs.drain(..n).collect();
-    if frames.is_empty() {
-        return Ok(());
-    }
-    mark_writing(shard, key, true);
-    let owned = std::mem::take(frames);
-    let total: usize = owned.iter().map(|f| f.bytes_init()).sum();
-    let (res, owned) = stream.writev(owned).await;
-    let written = res.map_err(|e| format!("writev: {e}"))?;
-    let mut back = owned;
-    if written < total {
-        write_rest(stream, &mut back, written).await?;
-    }
-    back.clear(); // buffers return to the pool here
-    *frames = back;
-    mark_writing(shard, key, false);
+    ready
+}
 
+/// Sends a framed batch with one writev (finishing a short one frame by frame); the buffers go
+/// back to the pool when it completes.
+async fn send_batch(
+    shard: &Shard,
+    key: usize,
+    torrent: &Torrent,
+    stream: &TcpStream,
+    ready: Ready,
+) -> Result<(), String> {
+    let Ready {
+        frames,
+        served,
+        payload,
+    } = ready;
+    mark_writing(shard, key, true);
+    let total: usize = frames.iter().map(|f| f.bytes_init()).sum();
+    let (res, mut frames) = stream.writev(frames).await;
+    let written = res.map_err(|e| format!("writev: {e}"))?;
+    if written < total {
+        write_rest(stream, &mut frames, written).await?;
+    }
+    drop(frames); // buffers return to the pool here
+    mark_writing(shard, key, false);
     torrent
         .stats
         .uploaded
