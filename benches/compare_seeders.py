@@ -381,7 +381,7 @@ def main():
     ap.add_argument("--seeders", default=None,
                     help="comma list out of %s (default: uring-bt if built, libtorrent, rtorrent, "
                          "aria2)" % ",".join(ALL_SEEDERS))
-    ap.add_argument("--runs", type=int, default=1, help="runs per seeder (each reported)")
+    ap.add_argument("--runs", type=int, default=1, help="rounds; each runs every seeder once, in rotated order")
     ap.add_argument("--dir", default="/var/tmp/uring-bt-compare")
     ap.add_argument("--uring-bt", default=None, help="path of the release binary")
     ap.add_argument("--timeout", type=float, default=900.0, help="bound on one run's downloads")
@@ -431,16 +431,21 @@ def main():
 
     rows = []
     try:
-        for kind in seeders:
-            for run in range(args.runs):
+        # Rounds interleave the seeders (A B C D, then B C D A, ...): drift in the machine's
+        # speed, and whatever the first round of a session pays, fall on every seeder alike.
+        for run in range(args.runs):
+            order = seeders[run % len(seeders):] + seeders[:run % len(seeders)]
+            for kind in order:
                 log("%s run %d/%d: %d leechers x %d MiB" % (kind, run + 1, args.runs, args.leechers,
                                                             args.size_mib))
                 r = run_one(kind, args, payload, torrent, size, args.dir)
+                r["round"] = run + 1
                 log("%s: %.2f s, %.0f MB/s, %s CPU s/GiB" % (kind, r["wall_s"], r["mbps"],
                                                              fmt(r["cpu_per_gib"], ".2f")))
                 rows.append(r)
     finally:
         cleanup()
+    rows.sort(key=lambda r: (seeders.index(r["seeder"]), r["round"]))
 
     v = versions()
     head = [
