@@ -153,30 +153,13 @@ pub fn residency(path: &Path) -> anyhow::Result<(u64, u64)> {
     if len == 0 {
         return Ok((0, 0));
     }
-    let page = 4096usize;
-    let pages = len.div_ceil(page);
-    // SAFETY: a fresh read-only shared mapping of an open file; unmapped below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            f.as_raw_fd(),
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        bail!("mmap: {}", std::io::Error::last_os_error());
-    }
+    let pages = len.div_ceil(4096);
+    let map = Mapping::new(&f)?;
     let mut vec = vec![0u8; pages];
-    // SAFETY: `vec` has one byte per page of the mapping.
-    let r = unsafe { libc::mincore(p, len, vec.as_mut_ptr()) };
-    let err = std::io::Error::last_os_error();
-    // SAFETY: unmapping the mapping made above.
-    unsafe { libc::munmap(p, len) };
+    // SAFETY: `vec` has one byte per page of the mapping, which lives until `map` drops.
+    let r = unsafe { libc::mincore(map.ptr as *mut libc::c_void, len, vec.as_mut_ptr()) };
     if r != 0 {
-        bail!("mincore: {err}");
+        bail!("mincore: {}", std::io::Error::last_os_error());
     }
     Ok((
         vec.iter().filter(|&&b| b & 1 == 1).count() as u64,
