@@ -15,42 +15,15 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-
-stop = False
-
-
-def on_signal(_sig, _frame):
-    global stop
-    stop = True
-
-
-def log(msg):
-    sys.stderr.write(msg + "\n")
-    sys.stderr.flush()
-
-
-def parse_addr(s):
-    ip, _, port = s.rpartition(":")
-    if not ip.startswith("127."):
-        log("error: refusing non-loopback address %r" % ip)
-        sys.exit(2)
-    return ip, int(port)
-
-
-def free_port(ip):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind((ip, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+sys.dont_write_bytecode = True  # keep the source tree clean
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from drvcommon import free_port, install_stop_handlers, log, parse_addr, stopping  # noqa: E402
 
 
 class Rpc:
@@ -82,8 +55,7 @@ def main():
     ap.add_argument("--check-timeout", type=float, default=600.0)
     ap.add_argument("--workdir")
     args = ap.parse_args()
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    install_stop_handlers()
     exe = shutil.which("aria2c")
     if exe is None:
         log("error: aria2c is not installed (Debian package aria2)")
@@ -139,7 +111,7 @@ def main():
             if proc.poll() is not None:
                 log("error: aria2c exited with %s" % proc.returncode)
                 return 1
-            if stop or time.monotonic() > deadline:
+            if stopping() or time.monotonic() > deadline:
                 log("error: aria2c did not become a seeder within %ss" % args.check_timeout)
                 return 1
             try:
@@ -164,7 +136,7 @@ def main():
         print("pid: %d" % proc.pid, flush=True)
         print("listening: %s:%d" % (ip, port), flush=True)
         end = time.monotonic() + args.timeout
-        while not stop and time.monotonic() < end:
+        while not stopping() and time.monotonic() < end:
             if proc.poll() is not None:
                 log("error: aria2c exited with %s" % proc.returncode)
                 return 1

@@ -11,7 +11,6 @@ On stop it prints `uploaded: <bytes>` on stderr.
 """
 import argparse
 import os
-import signal
 import sys
 import time
 
@@ -19,14 +18,7 @@ sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ltcommon  # noqa: E402
 from ltcommon import lt, log  # noqa: E402
-
-stop = False
-
-
-def on_signal(_sig, _frame):
-    global stop
-    stop = True
-
+from drvcommon import install_stop_handlers, stopping  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser()
@@ -39,8 +31,7 @@ def main():
         "--seed-mode", action="store_true", help="skip the start-up check (hashes lazily instead)"
     )
     args = ap.parse_args()
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    install_stop_handlers()
 
     ip, port = ltcommon.parse_addr(args.listen)
     ses = ltcommon.make_session(
@@ -64,7 +55,7 @@ def main():
         handles.append(ses.add_torrent(p))
 
     deadline = time.monotonic() + args.check_timeout
-    while not stop:
+    while not stopping():
         sts = [h.status() for h in handles]
         if all(s.state == lt.torrent_status.seeding or s.is_seeding for s in sts):
             break
@@ -90,7 +81,7 @@ def main():
     print("listening: %s:%d" % (ip, port), flush=True)
 
     end = time.monotonic() + args.timeout
-    while not stop and time.monotonic() < end:
+    while not stopping() and time.monotonic() < end:
         ses.wait_for_alert(200)
         ltcommon.drain_errors(ses)
     up = sum(h.status().total_payload_upload for h in handles)

@@ -7,6 +7,8 @@ and dials from one given 127.0.0.x address.
 import sys
 import time
 
+from drvcommon import check_loopback, log, parse_addr  # noqa: F401 (parse_addr re-exported)
+
 try:
     import libtorrent as lt
 except ImportError as e:  # pragma: no cover - reported to the Rust side as a clear failure
@@ -15,19 +17,6 @@ except ImportError as e:  # pragma: no cover - reported to the Rust side as a cl
         "and run this script with /usr/bin/python3\n" % e
     )
     sys.exit(3)
-
-
-def check_loopback(ip):
-    parts = ip.split(".")
-    if len(parts) != 4 or parts[0] != "127":
-        sys.stderr.write("error: refusing non-loopback address %r\n" % ip)
-        sys.exit(2)
-
-
-def parse_addr(s):
-    ip, _, port = s.rpartition(":")
-    check_loopback(ip)
-    return ip, int(port)
 
 
 def make_session(bind_ip, port=0, extra=None):
@@ -77,11 +66,6 @@ def wait_listen(ses, timeout):
             return port
     sys.stderr.write("error: session did not start listening within %ss\n" % timeout)
     sys.exit(1)
-
-
-def log(msg):
-    sys.stderr.write(msg + "\n")
-    sys.stderr.flush()
 
 
 def drain_errors(ses):

@@ -22,8 +22,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,39 +30,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-
-stop = False
-
-
-def on_signal(_sig, _frame):
-    global stop
-    stop = True
-
-
-def log(msg):
-    sys.stderr.write(msg + "\n")
-    sys.stderr.flush()
-
-
-def check_loopback(ip):
-    parts = ip.split(".")
-    if len(parts) != 4 or parts[0] != "127":
-        log("error: refusing non-loopback address %r" % ip)
-        sys.exit(2)
-
-
-def parse_addr(s):
-    ip, _, port = s.rpartition(":")
-    check_loopback(ip)
-    return ip, int(port)
-
-
-def free_port(ip):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind((ip, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+sys.dont_write_bytecode = True  # keep the source tree clean
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from drvcommon import check_loopback, free_port, install_stop_handlers, log, parse_addr, stopping  # noqa: E402
 
 
 SEED_STATES = {"uploading", "stalledUP", "queuedUP", "forcedUP", "pausedUP", "checkingUP"}
@@ -283,7 +251,7 @@ def leech(args):
         first_byte = None
         while True:
             now = time.monotonic()
-            if stop:
+            if stopping():
                 return 1
             t = q.info(h)
             if t is None:
@@ -353,7 +321,7 @@ def seed(args):
             if bad:
                 log("error: data incomplete: %s" % ", ".join("%s %.4f" % (t["hash"], t["progress"]) for t in bad))
                 return 1
-            if time.monotonic() > deadline or stop:
+            if time.monotonic() > deadline or stopping():
                 log("error: qbittorrent-nox check did not finish within %ss" % args.check_timeout)
                 return 1
             time.sleep(0.1)
@@ -362,7 +330,7 @@ def seed(args):
         print("pid: %d" % q.proc.pid, flush=True)
         print("listening: %s:%d" % (ip, port), flush=True)
         end = time.monotonic() + args.timeout
-        while not stop and time.monotonic() < end:
+        while not stopping() and time.monotonic() < end:
             if q.proc.poll() is not None:
                 log("error: qbittorrent-nox exited with %s" % q.proc.returncode)
                 return 1
@@ -391,8 +359,7 @@ def main():
     sp.add_argument("--check-timeout", type=float, default=600.0)
     sp.add_argument("--workdir")
     args = ap.parse_args()
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    install_stop_handlers()
     tmp = None
     if not args.workdir:
         tmp = tempfile.mkdtemp(prefix="qbt-")

@@ -20,46 +20,15 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import xmlrpc.client
-
-stop = False
-
-
-def on_signal(_sig, _frame):
-    global stop
-    stop = True
-
-
-def log(msg):
-    sys.stderr.write(msg + "\n")
-    sys.stderr.flush()
-
-
-def check_loopback(ip):
-    parts = ip.split(".")
-    if len(parts) != 4 or parts[0] != "127":
-        log("error: refusing non-loopback address %r" % ip)
-        sys.exit(2)
-
-
-def parse_addr(s):
-    ip, _, port = s.rpartition(":")
-    check_loopback(ip)
-    return ip, int(port)
-
-
-def free_port(ip):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind((ip, 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+sys.dont_write_bytecode = True  # keep the source tree clean
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from drvcommon import check_loopback, free_port, install_stop_handlers, log, parse_addr, stopping  # noqa: E402
 
 
 class Scgi:
@@ -275,7 +244,7 @@ def leech(args):
         size = rt.rpc.call("d.size_bytes", h)
         while True:
             now = time.monotonic()
-            if stop:
+            if stopping():
                 return 1
             complete = rt.rpc.call("d.complete", h)
             done = rt.rpc.call("d.completed_bytes", h)
@@ -343,7 +312,7 @@ def seed(args):
             if time.monotonic() > deadline:
                 log("error: rtorrent check did not finish within %ss" % args.check_timeout)
                 return 1
-            if stop:
+            if stopping():
                 return 1
             time.sleep(0.1)
         bad = [h for h in hs if rt.rpc.call("d.complete", h) != 1]
@@ -355,7 +324,7 @@ def seed(args):
         print("pid: %d" % rt.proc.pid, flush=True)
         print("listening: %s:%d" % (ip, port), flush=True)
         end = time.monotonic() + args.timeout
-        while not stop and time.monotonic() < end:
+        while not stopping() and time.monotonic() < end:
             if rt.proc.poll() is not None:
                 log("error: rtorrent exited with %s" % rt.proc.returncode)
                 return 1
@@ -385,8 +354,7 @@ def main():
     sp.add_argument("--check-timeout", type=float, default=600.0)
     sp.add_argument("--workdir")
     args = ap.parse_args()
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    install_stop_handlers()
     tmp = None
     if not args.workdir:
         tmp = tempfile.mkdtemp(prefix="rtorrent-")
