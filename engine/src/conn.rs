@@ -606,20 +606,27 @@ async fn read_all(
     reqs: &[BlockRef],
     bufs: Vec<PoolBuf>,
 ) -> Vec<(Result<(), StorageError>, PoolBuf)> {
-    type ReadFut<'a> = Pin<Box<dyn Future<Output = (Result<(), StorageError>, PoolBuf)> + 'a>>;
-    let mut futs: Vec<ReadFut<'_>> = reqs
+    // The futures live in one Vec that is never resized while they exist, so each stays at its
+    // address until it completes and is dropped in place: no box per block.
+    let mut futs: Vec<Option<_>> = reqs
         .iter()
         .zip(bufs)
-        .map(|(r, b)| Box::pin(store.read_block(tid, r.piece, r.begin, r.len, b)) as ReadFut<'_>)
+        .map(|(r, b)| Some(store.read_block(tid, r.piece, r.begin, r.len, b)))
         .collect();
     let mut out: Vec<Option<(Result<(), StorageError>, PoolBuf)>> =
         (0..futs.len()).map(|_| None).collect();
     std::future::poll_fn(|cx| {
         let mut pending = false;
-        for (f, o) in futs.iter_mut().zip(out.iter_mut()) {
-            if o.is_none() {
-                match f.as_mut().poll(cx) {
-                    Poll::Ready(v) => *o = Some(v),
+        for (slot, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if let Some(f) = slot.as_mut() {
+                // SAFETY: the future is never moved: `futs` is not resized or reallocated while
+                // any element is `Some`, and a finished future is dropped in place below.
+                let f = unsafe { Pin::new_unchecked(f) };
+                match f.poll(cx) {
+                    Poll::Ready(v) => {
+                        *o = Some(v);
+                        *slot = None;
+                    }
                     Poll::Pending => pending = true,
                 }
             }
