@@ -221,8 +221,10 @@ class Seeder:
 
 def seeder_cmd(kind, args, torrent, data, workdir):
     listen = "127.0.0.1:0"
-    if kind == "uring-bt":
-        return [args.uring_bt, "seed", torrent, "--data", data, "--listen", listen, "--no-resume"]
+    if kind == "uring-bt" or kind in args.variants:
+        extra = args.variants.get(kind, [])
+        return [args.uring_bt, "seed", torrent, "--data", data, "--listen", listen,
+                "--no-resume"] + extra
     if kind == "libtorrent":
         return [PYTHON, os.path.join(CLIENTS, "lt_seed.py"), torrent, "--data", data,
                 "--listen", listen]
@@ -388,7 +390,17 @@ def main():
     ap.add_argument("--check-timeout", type=float, default=600.0)
     ap.add_argument("--out", help="also write the markdown report here")
     ap.add_argument("--keep", action="store_true", help="keep the leechers' downloads")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                    help="an extra uring-bt seeder named NAME run with the extra seed arguments "
+                         "ARGS (split on spaces), e.g. --variant 'batch32=--batch 32'; add NAME "
+                         "to --seeders")
     args = ap.parse_args()
+    args.variants = {}
+    for v in args.variant:
+        name, sep, rest = v.partition("=")
+        if not sep or not name or name in ALL_SEEDERS:
+            die("--variant wants NAME=ARGS with a new NAME, got %r" % v)
+        args.variants[name] = rest.split()
 
     if not 1 <= args.leechers <= 200:
         die("--leechers must be 1..200")
@@ -398,9 +410,9 @@ def main():
     if args.seeders:
         seeders = [s.strip() for s in args.seeders.split(",") if s.strip()]
         for s in seeders:
-            if s not in ALL_SEEDERS:
+            if s not in ALL_SEEDERS and s not in args.variants:
                 die("unknown seeder %r (known: %s)" % (s, ", ".join(ALL_SEEDERS)))
-        if "uring-bt" in seeders and not os.access(args.uring_bt, os.X_OK):
+        if any(s == "uring-bt" or s in args.variants for s in seeders) and not os.access(args.uring_bt, os.X_OK):
             die("%s is not built: cargo build --release (or pass --uring-bt)" % args.uring_bt)
     else:
         seeders = ["libtorrent", "rtorrent", "aria2"]

@@ -514,7 +514,7 @@ async fn read_batch(
         }
     }
     let n = bufs.len();
-    let results = read_all(&shard.store, tid, &reqs[..n], bufs).await;
+    let results = read_all(&shard.store, tid, &reqs[..n], bufs, shard.cfg.coalesce).await;
     for (r, (res, buf)) in reqs.drain(..n).zip(results) {
         match res {
             Ok(()) => {
@@ -600,21 +600,35 @@ fn report_storage_error(torrent: &Torrent, e: &StorageError) {
 }
 
 /// Runs the block reads of one batch together, so the storage ring submits them in one call.
+/// Requests that follow each other in the piece (`begin` right after the previous block's end),
+/// up to `coalesce` of them, are read with one vectored read.
 async fn read_all(
     store: &Rc<uring_bt_storage::uring::UringStore>,
     tid: uring_bt_storage::store::TorrentId,
     reqs: &[BlockRef],
     bufs: Vec<PoolBuf>,
-) -> Vec<(Result<(), StorageError>, PoolBuf)> {
+    coalesce: usize,
+) -> Vec<BlockRead> {
+    let coalesce = coalesce.clamp(1, MAX_RUN);
     // The futures live in one Vec that is never resized while they exist, so each stays at its
-    // address until it completes and is dropped in place: no box per block.
-    let mut futs: Vec<Option<_>> = reqs
-        .iter()
-        .zip(bufs)
-        .map(|(r, b)| Some(store.read_block(tid, r.piece, r.begin, r.len, b)))
-        .collect();
-    let mut out: Vec<Option<(Result<(), StorageError>, PoolBuf)>> =
-        (0..futs.len()).map(|_| None).collect();
+    // address until it completes and is dropped in place: no box per run.
+    let mut futs = Vec::with_capacity(reqs.len());
+    let mut bufs = bufs.into_iter();
+    let mut i = 0;
+    while i < reqs.len() {
+        let mut j = i + 1;
+        while j < reqs.len()
+            && j - i < coalesce
+            && reqs[j].piece == reqs[j - 1].piece
+            && u64::from(reqs[j].begin) == u64::from(reqs[j - 1].begin) + u64::from(reqs[j - 1].len)
+        {
+            j += 1;
+        }
+        let run_bufs: Vec<PoolBuf> = bufs.by_ref().take(j - i).collect();
+        futs.push(Some(read_run(store, tid, &reqs[i..j], run_bufs)));
+        i = j;
+    }
+    let mut out: Vec<Option<Vec<BlockRead>>> = (0..futs.len()).map(|_| None).collect();
     std::future::poll_fn(|cx| {
         let mut pending = false;
         for (slot, o) in futs.iter_mut().zip(out.iter_mut()) {
@@ -638,7 +652,43 @@ async fn read_all(
         }
     })
     .await;
-    out.into_iter().flatten().collect()
+    out.into_iter().flatten().flatten().collect()
+}
+
+/// One block's read: its outcome and its buffer.
+type BlockRead = (Result<(), StorageError>, PoolBuf);
+
+/// The most blocks one vectored read covers.
+const MAX_RUN: usize = 64;
+
+/// Reads one run of contiguous blocks: one vectored read, or block by block when the run fails
+/// (to serve the blocks that can be served and refuse only the others).
+async fn read_run(
+    store: &uring_bt_storage::uring::UringStore,
+    tid: uring_bt_storage::store::TorrentId,
+    reqs: &[BlockRef],
+    mut bufs: Vec<PoolBuf>,
+) -> Vec<BlockRead> {
+    let mut out = Vec::with_capacity(bufs.len());
+    if bufs.len() > 1 {
+        let mut lens = [0u32; MAX_RUN];
+        for (l, r) in lens.iter_mut().zip(reqs) {
+            *l = r.len;
+        }
+        let n = bufs.len().min(MAX_RUN);
+        let (res, back) = store
+            .read_blocks(tid, reqs[0].piece, reqs[0].begin, &lens[..n], bufs)
+            .await;
+        if res.is_ok() {
+            out.extend(back.into_iter().map(|b| (Ok(()), b)));
+            return out;
+        }
+        bufs = back;
+    }
+    for (r, b) in reqs.iter().zip(bufs) {
+        out.push(store.read_block(tid, r.piece, r.begin, r.len, b).await);
+    }
+    out
 }
 
 #[allow(dead_code)]

@@ -65,8 +65,11 @@ pub struct SeedArgs {
     #[arg(long, default_value_t = 2000, value_name = "N")]
     pub reqq: u32,
     /// Blocks read and sent together per peer (one ring submit, one writev).
-    #[arg(long, default_value_t = 8, value_name = "N")]
+    #[arg(long, default_value_t = 16, value_name = "N")]
     pub batch: usize,
+    /// Contiguous requested blocks of a batch read with one vectored read (1: a read per block).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub coalesce: usize,
     /// Trust the data instead of checking it first; each piece is then verified the first time it
     /// is served, and a piece that fails is never sent.
     #[arg(long)]
@@ -371,6 +374,9 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     if args.batch == 0 || args.batch > 64 {
         bail!("--batch must be between 1 and 64");
     }
+    if args.coalesce == 0 || args.coalesce > 64 {
+        bail!("--coalesce must be between 1 and 64");
+    }
     let nofile = raise_nofile();
     let (max_peers, files_per_shard) =
         fd_budget(nofile, shards, args.max_peers, args.max_open_files)?;
@@ -428,6 +434,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
             peer_id,
             listen_port: bound.port(),
             batch: args.batch,
+            coalesce: args.coalesce,
         };
         shard::spawn(cfg, registry.clone(), listener, ready_tx.clone())
             .context("cannot start a shard thread")?;

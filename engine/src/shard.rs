@@ -54,6 +54,8 @@ pub struct ShardConfig {
     pub listen_port: u16,
     /// Requests served per batch (reads submitted together, pieces sent in one writev).
     pub batch: usize,
+    /// Most contiguous blocks read with one vectored read.
+    pub coalesce: usize,
 }
 
 /// How long between two keep-alives we send on an otherwise quiet connection.

@@ -98,9 +98,37 @@ enum OpState {
     Abandoned,
 }
 
+/// What an operation's SQE points into, owned by the op table until the completion: one pool
+/// buffer, or the buffers of a vectored read together with the iovec array the SQE names.
+enum OpBufs {
+    One(PoolBuf),
+    Many {
+        bufs: Vec<PoolBuf>,
+        /// Never read by us: the kernel reads it through the SQE until the completion.
+        #[allow(dead_code)]
+        iov: Vec<libc::iovec>,
+    },
+}
+
+impl OpBufs {
+    fn one(self) -> PoolBuf {
+        match self {
+            OpBufs::One(b) => b,
+            OpBufs::Many { .. } => unreachable!("single-buffer op came back with many buffers"),
+        }
+    }
+
+    fn many(self) -> Vec<PoolBuf> {
+        match self {
+            OpBufs::Many { bufs, .. } => bufs,
+            OpBufs::One(_) => unreachable!("vectored op came back with one buffer"),
+        }
+    }
+}
+
 struct OpEntry {
     state: OpState,
-    buf: Option<PoolBuf>,
+    buf: Option<OpBufs>,
     slot: Option<u32>,
 }
 
@@ -471,7 +499,7 @@ impl UringStore {
                 let fd = inner.files.borrow().raw_fd(slot).unwrap_or(-1);
                 build_sqe(write, types::Fd(fd), ptr, n, off, &buf, inner.fixed_bufs)
             };
-            let key = match inner.push_op(sqe, buf, Some(slot)) {
+            let key = match inner.push_op(sqe, OpBufs::One(buf), Some(slot)) {
                 Ok(k) => k,
                 Err((e, b)) => {
                     return (
@@ -479,7 +507,7 @@ impl UringStore {
                             path: self.file_path(t, span.file_index),
                             source: e,
                         }),
-                        b,
+                        b.one(),
                     )
                 }
             };
@@ -489,7 +517,7 @@ impl UringStore {
                 done: false,
             }
             .await;
-            buf = b;
+            buf = b.one();
             if res > 0 {
                 let got = res as u32;
                 done += got.min(n);
@@ -598,6 +626,202 @@ impl UringStore {
             });
         }
         (Ok(()), buf)
+    }
+}
+
+impl UringStore {
+    /// Reads the contiguous blocks `lens` of `piece`, the first at `begin` and each following
+    /// right after the one before, into `bufs` (one buffer per block, in order), with **one
+    /// vectored read per file span** instead of one read per block: the kernel walks the page
+    /// cache once for the whole run. Short reads and `EINTR`/`EAGAIN` are resubmitted for the
+    /// rest. The result covers the whole run: on an error some buffers may hold data, none is
+    /// known good (read the blocks one by one to find out which).
+    ///
+    /// Panics if `lens` and `bufs` differ in length (a caller bug).
+    pub async fn read_blocks(
+        &self,
+        t: TorrentId,
+        piece: u32,
+        begin: u32,
+        lens: &[u32],
+        mut bufs: Vec<PoolBuf>,
+    ) -> (Result<(), StorageError>, Vec<PoolBuf>) {
+        assert_eq!(lens.len(), bufs.len(), "one buffer per block");
+        if lens.len() == 1 {
+            if let Some(b) = bufs.pop() {
+                let (r, b) = self.transfer(false, t, piece, begin, lens[0], b).await;
+                bufs.push(b);
+                return (r, bufs);
+            }
+        }
+        let mut total: u32 = 0;
+        for (&len, b) in lens.iter().zip(&bufs) {
+            if len as usize > b.block_capacity() || len == 0 {
+                return (
+                    Err(StorageError::BlockTooLarge {
+                        len,
+                        capacity: b.block_capacity(),
+                    }),
+                    bufs,
+                );
+            }
+            total = match total.checked_add(len) {
+                Some(x) => x,
+                None => {
+                    return (
+                        Err(StorageError::BlockTooLarge {
+                            len,
+                            capacity: b.block_capacity(),
+                        }),
+                        bufs,
+                    )
+                }
+            };
+        }
+        let (layout, _) = match self.torrent(t) {
+            Ok(x) => x,
+            Err(e) => return (Err(e), bufs),
+        };
+        let spans = match layout.spans(piece, begin, total) {
+            Ok(s) => s,
+            Err(e) => return (Err(e.into()), bufs),
+        };
+        for (b, &len) in bufs.iter_mut().zip(lens) {
+            b.set_block_len(len as usize);
+        }
+        for span in spans {
+            let f = &layout.files()[span.file_index];
+            if f.padding {
+                for_each_piece_of(lens, span.buf_offset, span.len, |i, off, n| {
+                    bufs[i].block_mut()[off..off + n].fill(0);
+                });
+                continue;
+            }
+            let r;
+            (r, bufs) = self.read_span_vectored(t, span, f.length, lens, bufs).await;
+            if let Err(e) = r {
+                return (Err(e), bufs);
+            }
+        }
+        self.inner.bump(|s| {
+            s.reads += lens.len() as u64;
+            s.read_bytes += u64::from(total);
+        });
+        (Ok(()), bufs)
+    }
+
+    /// Reads `span` (whose `buf_offset` counts from the start of the run) into the run's
+    /// buffers with `Readv`, resubmitting the rest after a short read.
+    async fn read_span_vectored(
+        &self,
+        t: TorrentId,
+        span: Span,
+        file_len: u64,
+        lens: &[u32],
+        mut bufs: Vec<PoolBuf>,
+    ) -> (Result<(), StorageError>, Vec<PoolBuf>) {
+        const MAX_RETRIES: u32 = 64;
+        let inner = &*self.inner;
+        let mut done: u32 = 0;
+        let mut retries = 0;
+        while done < span.len {
+            let slot = match self.acquire(t, span.file_index).await {
+                Ok(s) => s,
+                Err(e) => return (Err(e), bufs),
+            };
+            let n = span.len - done;
+            let off = span.file_offset + u64::from(done);
+            let mut iov = Vec::with_capacity(lens.len());
+            for_each_piece_of(lens, span.buf_offset + done, n, |i, o, len| {
+                // SAFETY: `o + len <= lens[i] <= block capacity` (checked by `read_blocks`), so
+                // the pointer and length stay inside buffer i's block region.
+                let base = unsafe { bufs[i].block_ptr().add(o) };
+                iov.push(libc::iovec {
+                    iov_base: base.cast(),
+                    iov_len: len,
+                });
+            });
+            let iov_ptr = iov.as_ptr();
+            let iov_n = iov.len() as u32;
+            let sqe = if inner.fixed_files {
+                opcode::Readv::new(types::Fixed(slot), iov_ptr, iov_n)
+                    .offset(off)
+                    .build()
+            } else {
+                let fd = inner.files.borrow().raw_fd(slot).unwrap_or(-1);
+                opcode::Readv::new(types::Fd(fd), iov_ptr, iov_n)
+                    .offset(off)
+                    .build()
+            };
+            // The iovec array moves into the op table with the buffers; its heap allocation,
+            // which the SQE points at, does not move.
+            let key = match inner.push_op(sqe, OpBufs::Many { bufs, iov }, Some(slot)) {
+                Ok(k) => k,
+                Err((e, b)) => {
+                    return (
+                        Err(StorageError::Io {
+                            path: self.file_path(t, span.file_index),
+                            source: e,
+                        }),
+                        b.many(),
+                    )
+                }
+            };
+            let (res, b) = OpFuture {
+                inner,
+                key,
+                done: false,
+            }
+            .await;
+            bufs = b.many();
+            if res > 0 {
+                let got = res as u32;
+                done += got.min(n);
+                if got < n {
+                    inner.bump(|s| s.resubmits += 1);
+                }
+            } else if res == 0 {
+                let path = self.file_path(t, span.file_index);
+                let actual = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(off);
+                return (
+                    Err(StorageError::FileTooShort {
+                        path,
+                        expected: file_len,
+                        actual,
+                    }),
+                    bufs,
+                );
+            } else {
+                let errno = -res;
+                if (errno == libc::EINTR || errno == libc::EAGAIN) && retries < MAX_RETRIES {
+                    retries += 1;
+                    inner.bump(|s| s.resubmits += 1);
+                    continue;
+                }
+                let path = self.file_path(t, span.file_index);
+                return (Err(StorageError::from_errno(path, errno)), bufs);
+            }
+        }
+        (Ok(()), bufs)
+    }
+}
+
+/// Calls `f(block, offset_in_block, len)` for each block of a run (blocks of `lens` bytes laid
+/// end to end) that overlaps run bytes `[start, start + len)`, in order.
+fn for_each_piece_of(lens: &[u32], start: u32, len: u32, mut f: impl FnMut(usize, usize, usize)) {
+    let end = u64::from(start) + u64::from(len);
+    let mut block_start: u64 = 0;
+    for (i, &l) in lens.iter().enumerate() {
+        let block_end = block_start + u64::from(l);
+        let a = block_start.max(u64::from(start));
+        let b = block_end.min(end);
+        if a < b {
+            f(i, (a - block_start) as usize, (b - a) as usize);
+        }
+        if block_end >= end {
+            break;
+        }
+        block_start = block_end;
     }
 }
 
@@ -711,9 +935,9 @@ impl Inner {
     fn push_op(
         &self,
         sqe: squeue::Entry,
-        buf: PoolBuf,
+        buf: OpBufs,
         slot: Option<u32>,
-    ) -> Result<usize, (std::io::Error, PoolBuf)> {
+    ) -> Result<usize, (std::io::Error, OpBufs)> {
         let key = self.ops.borrow_mut().insert(OpEntry {
             state: OpState::Pending(None),
             buf: Some(buf),
@@ -892,9 +1116,9 @@ struct OpFuture<'a> {
 }
 
 impl Future for OpFuture<'_> {
-    type Output = (i32, PoolBuf);
+    type Output = (i32, OpBufs);
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(i32, PoolBuf)> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<(i32, OpBufs)> {
         let this = self.get_mut();
         let mut ops = this.inner.ops.borrow_mut();
         let Some(Some(e)) = ops.entries.get_mut(this.key) else {

@@ -264,3 +264,92 @@ fn dropping_the_store_releases_its_descriptors() {
         assert!(after <= before + 2, "descriptors leak: {before} -> {after}");
     });
 }
+
+/// `read_blocks` (one vectored read per file span for a run of contiguous blocks) returns the
+/// same bytes as reading each block alone: runs crossing files, empty files and padding, odd
+/// block lengths, with two file slots so runs evict each other's files.
+#[test]
+fn vectored_runs_read_the_same_bytes_as_single_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = vec![
+        fe("t/a", 10_000),
+        fe("t/empty", 0),
+        FileEntry {
+            path: "t/.pad/1".into(),
+            length: 6_384,
+            padding: true,
+        },
+        fe("t/b", 40_000),
+        fe("t/sub/c", 1),
+        fe("t/d", 170_001),
+    ];
+    let layout = Arc::new(Layout::new(files, 131_072).unwrap());
+    write_files(&layout, dir.path());
+    tokio_uring::start(async {
+        let pool = BufPool::new(16, 16_384).unwrap();
+        let store = UringStore::new(cfg(2), Rc::clone(&pool)).unwrap();
+        let t = store.add_torrent(Arc::clone(&layout), dir.path().to_path_buf(), false);
+        let mut rng = Rng(11);
+        let mut runs = 0u64;
+        let mut blocks = 0u64;
+        for _ in 0..400 {
+            let p = rng.below(u64::from(layout.num_pieces())) as u32;
+            let size = layout.piece_size(p);
+            let mut begin = rng.below(u64::from(size)) as u32;
+            let first = begin;
+            let mut lens = Vec::new();
+            let want_blocks = 1 + rng.below(8) as usize;
+            while lens.len() < want_blocks && begin < size {
+                let n = (1 + rng.below(16_384) as u32).min(size - begin);
+                lens.push(n);
+                begin += n;
+            }
+            let mut bufs = Vec::new();
+            for _ in &lens {
+                bufs.push(pool.take().await);
+            }
+            let (r, bufs) = store.read_blocks(t, p, first, &lens, bufs).await;
+            r.unwrap();
+            let mut b = first;
+            for (buf, &n) in bufs.iter().zip(&lens) {
+                assert_eq!(
+                    buf.block(),
+                    &expected(&layout, p, b, n)[..],
+                    "run at {p}/{first}: block {b}+{n}"
+                );
+                b += n;
+            }
+            runs += 1;
+            blocks += lens.len() as u64;
+        }
+        let s = store.stats();
+        assert_eq!(s.reads, blocks);
+        assert!(
+            s.sqes < blocks,
+            "runs must take fewer operations than blocks: {s:?} ({runs} runs)"
+        );
+        assert_eq!(pool.available(), pool.capacity());
+        // A run past the end of the piece is refused before any I/O.
+        let last = layout.num_pieces() - 1;
+        let size = layout.piece_size(last);
+        let bufs = vec![pool.take().await, pool.take().await];
+        let (r, bufs) = store
+            .read_blocks(t, last, size - 100, &[50, 51], bufs)
+            .await;
+        assert!(matches!(r, Err(StorageError::BadBlock(_))), "{r:?}");
+        drop(bufs);
+        // A file shorter than the torrent says: a typed error naming it.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("t/d"))
+            .unwrap()
+            .set_len(100_000)
+            .unwrap();
+        let bufs = vec![pool.take().await, pool.take().await];
+        let (r, _bufs) = store.read_blocks(t, last, 0, &[16_384, 16_384], bufs).await;
+        match r {
+            Err(StorageError::FileTooShort { path, .. }) => assert!(path.ends_with("t/d")),
+            other => panic!("expected FileTooShort, got {other:?}"),
+        }
+    });
+}
