@@ -127,6 +127,7 @@ fn hash(c: &mut Criterion) {
                 HashOptions {
                     threads: 1,
                     read_chunk: 65_536,
+                    multi_buffer: false,
                 },
                 &|_| {},
             );

@@ -14,6 +14,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sha1::{Digest, Sha1};
 use uring_bt_storage::hash::{hash_pieces_with, HashOptions};
 use uring_bt_storage::layout::{FileEntry, Layout};
+use uring_bt_storage::sha1x16::{Sha1x16, LANES};
 
 fn cores() -> usize {
     std::thread::available_parallelism()
@@ -32,6 +33,31 @@ fn sha1_one_core(c: &mut Criterion) {
             b.iter(|| Sha1::digest(black_box(&data)))
         });
     }
+    g.finish();
+}
+
+/// Sixteen messages at once on one core (AVX-512, `storage::sha1x16`): 16 lanes of 64 KiB, the
+/// shape `storage::hash` feeds it (L2-resident, like `openssl speed`'s buffer).
+fn sha1x16_one_core(c: &mut Criterion) {
+    let Some(fresh) = Sha1x16::new() else {
+        eprintln!("sha1x16_one_core: this CPU has no AVX-512F/BW; nothing to measure");
+        return;
+    };
+    let lane = 64usize << 10;
+    let data: Vec<u8> = (0..LANES * lane)
+        .map(|i| (i * 31 + i / 977) as u8)
+        .collect();
+    let mut g = c.benchmark_group("sha1x16_one_core");
+    g.sample_size(20);
+    g.measurement_time(std::time::Duration::from_secs(3));
+    g.throughput(Throughput::Bytes((LANES * lane) as u64));
+    g.bench_function("16_lanes_64KiB", |b| {
+        b.iter(|| {
+            let mut h = fresh.clone();
+            h.update(black_box(&data), lane, lane);
+            black_box(h.finalize())
+        })
+    });
     g.finish();
 }
 
@@ -100,6 +126,7 @@ fn piece_hasher(c: &mut Criterion) {
                         HashOptions {
                             threads,
                             read_chunk: chunk,
+                            multi_buffer: false,
                         },
                         &|_| {},
                     );
@@ -108,10 +135,33 @@ fn piece_hasher(c: &mut Criterion) {
                 })
             });
         }
+        // The default: sixteen pieces at once (AVX-512), 64 KiB reads per lane.
+        g.bench_function(format!("{threads}_threads_16_lanes_read_64KiB"), |b| {
+            b.iter(|| {
+                let r = hash_pieces_with(
+                    &layout,
+                    std::path::Path::new(""),
+                    HashOptions {
+                        threads,
+                        read_chunk: 64 << 10,
+                        multi_buffer: true,
+                    },
+                    &|_| {},
+                );
+                assert!(r.iter().all(|p| p.is_ok()));
+                black_box(r)
+            })
+        });
     }
     g.finish();
     let _ = std::fs::remove_file(&path);
 }
 
-criterion_group!(benches, sha1_one_core, sha1_all_cores, piece_hasher);
+criterion_group!(
+    benches,
+    sha1_one_core,
+    sha1x16_one_core,
+    sha1_all_cores,
+    piece_hasher
+);
 criterion_main!(benches);

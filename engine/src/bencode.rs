@@ -502,7 +502,7 @@ mod tests {
     fn refuses_deep_nesting_without_recursing() {
         // A million nested lists: the validator refuses at the limit, and uses no recursion.
         let mut deep = vec![b'l'; 1_000_000];
-        deep.extend(std::iter::repeat(b'e').take(1_000_000));
+        deep.extend(std::iter::repeat_n(b'e', 1_000_000));
         assert_eq!(
             validate(&deep, &Limits::TORRENT),
             Err(BencodeError::TooDeep {
@@ -511,11 +511,11 @@ mod tests {
             })
         );
         let mut ok = vec![b'l'; 32];
-        ok.extend(std::iter::repeat(b'e').take(32));
+        ok.extend(std::iter::repeat_n(b'e', 32));
         assert_eq!(validate(&ok, &Limits::TORRENT), Ok(64));
         let mut dicts = b"d1:a".repeat(33);
         dicts.extend(b"i1e");
-        dicts.extend(std::iter::repeat(b'e').take(33));
+        dicts.extend(std::iter::repeat_n(b'e', 33));
         assert!(matches!(
             validate(&dicts, &Limits::TORRENT),
             Err(BencodeError::TooDeep { limit: 32, .. })

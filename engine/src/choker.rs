@@ -102,7 +102,7 @@ impl Choker {
     /// [`Choker::fill`]. Returns the changes to apply: `(key, true)` = unchoke, `(key, false)` =
     /// choke. Peers not listed keep their state.
     pub fn tick(&mut self, now: Instant, peers: &[ChokerPeer]) -> Vec<(usize, bool)> {
-        if self.next_rechoke.map_or(true, |t| now >= t) {
+        if self.next_rechoke.is_none_or(|t| now >= t) {
             self.next_rechoke = Some(now + RECHOKE_INTERVAL);
             self.rechoke(now, peers)
         } else {
@@ -179,7 +179,7 @@ impl Choker {
         let opt_valid = self
             .optimistic
             .is_some_and(|o| self.interested.binary_search(&o).is_ok() && !self.in_desired(o));
-        let due = self.next_optimistic.map_or(true, |t| now >= t);
+        let due = self.next_optimistic.is_none_or(|t| now >= t);
         if !opt_valid || due {
             let candidates: Vec<usize> = self
                 .interested

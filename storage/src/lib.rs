@@ -16,6 +16,7 @@ pub mod hash;
 pub mod layout;
 pub mod pool;
 pub mod resume;
+pub mod sha1x16;
 pub mod sim;
 pub mod store;
 pub mod uring;
