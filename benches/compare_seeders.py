@@ -223,7 +223,10 @@ def seeder_cmd(kind, args, torrent, data, workdir):
     listen = "127.0.0.1:0"
     if kind == "uring-bt" or kind in args.variants:
         extra = args.variants.get(kind, [])
-        return [args.uring_bt, "seed", torrent, "--data", data, "--listen", listen,
+        binary = args.uring_bt
+        if extra and extra[0].startswith("@"):
+            binary, extra = extra[0][1:], extra[1:]
+        return [binary, "seed", torrent, "--data", data, "--listen", listen,
                 "--no-resume"] + extra
     if kind == "libtorrent":
         return [PYTHON, os.path.join(CLIENTS, "lt_seed.py"), torrent, "--data", data,
@@ -392,8 +395,8 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the leechers' downloads")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                     help="an extra uring-bt seeder named NAME run with the extra seed arguments "
-                         "ARGS (split on spaces), e.g. --variant 'batch32=--batch 32'; add NAME "
-                         "to --seeders")
+                         "ARGS (split on spaces), e.g. --variant 'batch32=--batch 32'; ARGS may start "
+                         "with @PATH to run another uring-bt binary; add NAME to --seeders")
     args = ap.parse_args()
     args.variants = {}
     for v in args.variant:
