@@ -393,67 +393,26 @@ impl Worker<'_> {
     }
 
     fn hash_piece(&mut self, piece: u32) -> PieceResult {
-        let layout = self.layout;
-        let size = layout.piece_size(piece);
+        let size = self.layout.piece_size(piece);
         let mut h = Sha1::new();
-        let spans = match layout.spans(piece, 0, size) {
-            Ok(s) => s,
-            // Unreachable: piece < num_pieces and size is its size.
-            Err(e) => {
-                return Err(HashError::Io {
-                    file_index: 0,
-                    path: PathBuf::new(),
-                    message: e.to_string(),
-                })
+        let mut whole = std::mem::take(&mut self.buf);
+        let start = whole.as_ptr().align_offset(PAGE).min(PAGE);
+        let buf = &mut whole[start..start + self.chunk];
+        let mut result = Ok(());
+        let mut begin = 0u32;
+        while begin < size {
+            // chunk <= piece length fits u32 once clamped to what is left of the piece.
+            let n = (size - begin).min(buf.len() as u32);
+            let part = &mut buf[..n as usize];
+            result = self.read_range(piece, begin, part);
+            if result.is_err() {
+                break;
             }
-        };
-        for span in spans {
-            let entry = &layout.files()[span.file_index];
-            let mut left = span.len as usize;
-            if entry.padding {
-                static ZEROS: [u8; 16384] = [0; 16384];
-                while left > 0 {
-                    let n = left.min(ZEROS.len());
-                    h.update(&ZEROS[..n]);
-                    left -= n;
-                }
-                continue;
-            }
-            let mut offset = span.file_offset;
-            let mut whole = std::mem::take(&mut self.buf);
-            let start = whole.as_ptr().align_offset(PAGE).min(PAGE);
-            let buf = &mut whole[start..start + self.chunk];
-            let result = (|| {
-                let file = self.file(span.file_index)?;
-                while left > 0 {
-                    let n = left.min(buf.len());
-                    if let Err(e) = file.read_exact_at(&mut buf[..n], offset) {
-                        let path = self.path(span.file_index);
-                        return Err(if e.kind() == ErrorKind::UnexpectedEof {
-                            HashError::Short {
-                                file_index: span.file_index,
-                                actual: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
-                                path,
-                                expected: entry.length,
-                            }
-                        } else {
-                            HashError::Io {
-                                file_index: span.file_index,
-                                path,
-                                message: e.to_string(),
-                            }
-                        });
-                    }
-                    h.update(&buf[..n]);
-                    offset += n as u64;
-                    left -= n;
-                }
-                Ok(())
-            })();
-            self.buf = whole;
-            result?;
+            h.update(&*part);
+            begin += n;
         }
-        Ok(h.finalize().into())
+        self.buf = whole;
+        result.map(|()| h.finalize().into())
     }
 }
 

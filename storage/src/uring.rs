@@ -471,7 +471,6 @@ impl UringStore {
         file_len: u64,
         mut buf: PoolBuf,
     ) -> (Result<(), StorageError>, PoolBuf) {
-        const MAX_RETRIES: u32 = 64;
         let inner = &*self.inner;
         let mut done: u32 = 0;
         let mut retries = 0;
@@ -499,66 +498,94 @@ impl UringStore {
                 let fd = inner.files.borrow().raw_fd(slot).unwrap_or(-1);
                 build_sqe(write, types::Fd(fd), ptr, n, off, &buf, inner.fixed_bufs)
             };
-            let key = match inner.push_op(sqe, OpBufs::One(buf), Some(slot)) {
-                Ok(k) => k,
-                Err((e, b)) => {
-                    return (
-                        Err(StorageError::Io {
-                            path: self.file_path(t, span.file_index),
-                            source: e,
-                        }),
-                        b.one(),
-                    )
-                }
-            };
-            let (res, b) = OpFuture {
-                inner,
-                key,
-                done: false,
-            }
-            .await;
+            let (res, b) = self
+                .run_op(sqe, OpBufs::One(buf), slot, t, span.file_index)
+                .await;
             buf = b.one();
-            if res > 0 {
-                let got = res as u32;
-                done += got.min(n);
-                if got < n {
-                    inner.bump(|s| s.resubmits += 1);
-                }
-            } else if res == 0 {
-                let path = self.file_path(t, span.file_index);
-                if write {
-                    return (
-                        Err(StorageError::Io {
-                            path,
-                            source: std::io::Error::new(
-                                std::io::ErrorKind::WriteZero,
-                                "write returned 0 bytes",
-                            ),
-                        }),
-                        buf,
-                    );
-                }
-                let actual = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(off);
-                return (
-                    Err(StorageError::FileTooShort {
-                        path,
-                        expected: file_len,
-                        actual,
-                    }),
-                    buf,
-                );
-            } else {
-                let errno = -res;
-                if (errno == libc::EINTR || errno == libc::EAGAIN) && retries < MAX_RETRIES {
-                    retries += 1;
-                    inner.bump(|s| s.resubmits += 1);
-                    continue;
-                }
-                let path = self.file_path(t, span.file_index);
-                return (Err(StorageError::from_errno(path, errno)), buf);
+            match res.and_then(|r| self.outcome(write, t, span, file_len, off, n, r, &mut retries))
+            {
+                Ok(got) => done += got,
+                Err(e) => return (Err(e), buf),
             }
         }
         (Ok(()), buf)
+    }
+
+    /// Queues `sqe` (pointing into `bufs`, on file slot `slot`) and waits for its completion.
+    async fn run_op(
+        &self,
+        sqe: squeue::Entry,
+        bufs: OpBufs,
+        slot: u32,
+        t: TorrentId,
+        file_index: usize,
+    ) -> (Result<i32, StorageError>, OpBufs) {
+        let inner = &*self.inner;
+        let key = match inner.push_op(sqe, bufs, Some(slot)) {
+            Ok(k) => k,
+            Err((e, b)) => {
+                let path = self.file_path(t, file_index);
+                return (Err(StorageError::Io { path, source: e }), b);
+            }
+        };
+        let (res, b) = OpFuture {
+            inner,
+            key,
+            done: false,
+        }
+        .await;
+        (Ok(res), b)
+    }
+
+    /// What the result `res` of a transfer of `n` bytes at `off` of `span`'s file means: bytes
+    /// done (0 after `EINTR`/`EAGAIN`, to resubmit; fewer than `n` after a short transfer), or a
+    /// typed error (a read at end of file: the file is shorter than the torrent says).
+    #[allow(clippy::too_many_arguments)]
+    fn outcome(
+        &self,
+        write: bool,
+        t: TorrentId,
+        span: Span,
+        file_len: u64,
+        off: u64,
+        n: u32,
+        res: i32,
+        retries: &mut u32,
+    ) -> Result<u32, StorageError> {
+        const MAX_RETRIES: u32 = 64;
+        let inner = &*self.inner;
+        if res > 0 {
+            let got = (res as u32).min(n);
+            if got < n {
+                inner.bump(|s| s.resubmits += 1);
+            }
+            return Ok(got);
+        }
+        let path = self.file_path(t, span.file_index);
+        if res == 0 {
+            if write {
+                return Err(StorageError::Io {
+                    path,
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        "write returned 0 bytes",
+                    ),
+                });
+            }
+            let actual = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(off);
+            return Err(StorageError::FileTooShort {
+                path,
+                expected: file_len,
+                actual,
+            });
+        }
+        let errno = -res;
+        if (errno == libc::EINTR || errno == libc::EAGAIN) && *retries < MAX_RETRIES {
+            *retries += 1;
+            inner.bump(|s| s.resubmits += 1);
+            return Ok(0);
+        }
+        Err(StorageError::from_errno(path, errno))
     }
 
     async fn transfer(
@@ -720,7 +747,6 @@ impl UringStore {
         lens: &[u32],
         mut bufs: Vec<PoolBuf>,
     ) -> (Result<(), StorageError>, Vec<PoolBuf>) {
-        const MAX_RETRIES: u32 = 64;
         let inner = &*self.inner;
         let mut done: u32 = 0;
         let mut retries = 0;
@@ -755,51 +781,14 @@ impl UringStore {
             };
             // The iovec array moves into the op table with the buffers; its heap allocation,
             // which the SQE points at, does not move.
-            let key = match inner.push_op(sqe, OpBufs::Many { bufs, iov }, Some(slot)) {
-                Ok(k) => k,
-                Err((e, b)) => {
-                    return (
-                        Err(StorageError::Io {
-                            path: self.file_path(t, span.file_index),
-                            source: e,
-                        }),
-                        b.many(),
-                    )
-                }
-            };
-            let (res, b) = OpFuture {
-                inner,
-                key,
-                done: false,
-            }
-            .await;
+            let (res, b) = self
+                .run_op(sqe, OpBufs::Many { bufs, iov }, slot, t, span.file_index)
+                .await;
             bufs = b.many();
-            if res > 0 {
-                let got = res as u32;
-                done += got.min(n);
-                if got < n {
-                    inner.bump(|s| s.resubmits += 1);
-                }
-            } else if res == 0 {
-                let path = self.file_path(t, span.file_index);
-                let actual = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(off);
-                return (
-                    Err(StorageError::FileTooShort {
-                        path,
-                        expected: file_len,
-                        actual,
-                    }),
-                    bufs,
-                );
-            } else {
-                let errno = -res;
-                if (errno == libc::EINTR || errno == libc::EAGAIN) && retries < MAX_RETRIES {
-                    retries += 1;
-                    inner.bump(|s| s.resubmits += 1);
-                    continue;
-                }
-                let path = self.file_path(t, span.file_index);
-                return (Err(StorageError::from_errno(path, errno)), bufs);
+            match res.and_then(|r| self.outcome(false, t, span, file_len, off, n, r, &mut retries))
+            {
+                Ok(got) => done += got,
+                Err(e) => return (Err(e), bufs),
             }
         }
         (Ok(()), bufs)
