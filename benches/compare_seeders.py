@@ -8,7 +8,9 @@ reports per seeder:
 seconds until all leechers finish, aggregate MB/s (and after the first byte), the seeder's
 CPU seconds per GiB served (utime+stime from /proc/<pid>/stat, counted from the moment it is
 ready to serve: its start-up hash check is excluded), its peak RSS (VmHWM) and anonymous RSS
-just before it stops, and the most descriptors it had open (sampled every 50 ms).
+just before it stops, and the most descriptors it had open (sampled every 50 ms). Beside them,
+to tell a seeder that starves leechers from one that leaves cores idle: when the first and the
+last leecher finished, the leechers' own CPU seconds, and the machine's idle share during the run.
 
 The payload lives on ext4 under /var/tmp (never tmpfs: io_uring reads of tmpfs go to worker
 threads), is read into the page cache right before each run (vmtouch -t) and its residency is
@@ -131,6 +133,14 @@ def warm(path):
         with open(path, "rb") as f:
             while f.read(16 * MIB):
                 pass
+
+
+def cpu_times():
+    """(busy, total) jiffies of the whole machine from /proc/stat (idle and iowait are not busy)."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    total = sum(vals[:8])  # user nice system idle iowait irq softirq steal (guest is in user)
+    return total - vals[3] - vals[4], total
 
 
 def cpu_seconds(pid):
@@ -263,6 +273,8 @@ def run_one(kind, args, payload, torrent, size, base):
 
     wall_spawn = time.time()
     t_spawn = time.monotonic()
+    machine0 = cpu_times()
+    kids0 = os.times()
     leechers = []
     for i, d in enumerate(leech_dirs):
         ip = "127.0.0.%d" % (10 + i)
@@ -290,6 +302,8 @@ def run_one(kind, args, payload, torrent, size, base):
         time.sleep(0.05)
     t_done = time.monotonic()
     cpu1 = cpu_seconds(s.pid)
+    machine1 = cpu_times()
+    kids1 = os.times()  # the leechers are reaped by poll(): their CPU is in the children's times
     st = proc_status(s.pid)
     hwm = max(hwm, st.get("VmHWM", 0))
     s.stop()
@@ -316,6 +330,7 @@ def run_one(kind, args, payload, torrent, size, base):
     dones = [r["done_at"] for r in results]
     after_first = (max(dones) - min(firsts)) if firsts else None
     cpu = (cpu1 - cpu0) if (cpu0 is not None and cpu1 is not None) else None
+    busy, total = machine1[0] - machine0[0], machine1[1] - machine0[1]
     return {
         "seeder": kind,
         "ready_s": ready_s,
@@ -325,6 +340,10 @@ def run_one(kind, args, payload, torrent, size, base):
         "first_byte_s": (min(firsts) - wall_spawn) if firsts else None,
         "cpu_s": cpu,
         "cpu_per_gib": (cpu / (served / GIB)) if cpu is not None else None,
+        "leech_cpu_s": (kids1.children_user + kids1.children_system
+                        - kids0.children_user - kids0.children_system),
+        "idle_pct": (100.0 * (total - busy) / total) if total > 0 else None,
+        "done_spread": (min(dones) - wall_spawn, max(dones) - wall_spawn),
         "vmhwm_mib": hwm / 1024,
         "rss_anon_mib": st.get("RssAnon", 0) / 1024,
         "threads": st.get("Threads"),
@@ -342,17 +361,21 @@ def table(rows, size):
     out = [
         "| seeder | all done (s) | aggregate MB/s | MB/s after 1st byte | 1st byte (s) "
         "| seeder CPU s | CPU s / GiB served | peak RSS MiB (VmHWM) | anon RSS MiB "
-        "| max fds | payload cached before / after |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| max fds | leechers done (s) first-last | leechers' CPU s | machine idle % "
+        "| payload cached before / after |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         out.append(
-            "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f%% / %.0f%% |"
+            "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.1f-%.1f | %.1f | %s "
+            "| %.0f%% / %.0f%% |"
             % (
                 r["seeder"], fmt(r["wall_s"], ".2f"), fmt(r["mbps"], ".0f"),
                 fmt(r["mbps_after_first"], ".0f"), fmt(r["first_byte_s"], ".2f"),
                 fmt(r["cpu_s"], ".2f"), fmt(r["cpu_per_gib"], ".2f"),
                 fmt(r["vmhwm_mib"], ".1f"), fmt(r["rss_anon_mib"], ".1f"), r["max_fds"],
+                r["done_spread"][0], r["done_spread"][1], r["leech_cpu_s"],
+                fmt(r["idle_pct"], ".1f"),
                 100.0 * r["res_before"] / size, 100.0 * r["res_after"] / size,
             )
         )

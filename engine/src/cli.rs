@@ -252,6 +252,20 @@ fn note(s: impl std::fmt::Display) {
     let _ = writeln!(std::io::stderr().lock(), "{s}");
 }
 
+/// Diagnostics (`tracing` events) go to stderr, filtered by `RUST_LOG` (default: warnings and
+/// errors, e.g. a piece that failed its hash check or a refused buffer registration);
+/// `RUST_LOG=uring_bt=debug` shows each peer's connect and disconnect with its reason.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // A second initialisation (only possible from tests) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
 /// The binary's entry point.
 pub fn main() -> ExitCode {
     std::panic::set_hook(Box::new(|info| {
@@ -268,6 +282,7 @@ pub fn main() -> ExitCode {
             .unwrap_or_default();
         note(format_args!("error: internal error (a bug){at}: {msg}"));
     }));
+    init_logging();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -26,7 +26,7 @@ use tokio_uring::net::TcpStream;
 use uring_bt_storage::pool::{PoolBuf, HEADROOM};
 use uring_bt_storage::store::{BlockStore, StorageError};
 
-use crate::peer::{Action, Actions, Peer, PeerConfig};
+use crate::peer::{Action, Actions, DisconnectReason, Peer, PeerConfig};
 use crate::registry::Torrent;
 use crate::shard::{PeerSlot, Shard};
 use crate::wire::{self, BlockRef, ExtHandshake, Handshake, Message, HANDSHAKE_LEN};
@@ -215,8 +215,14 @@ async fn reader(
                         let was_interested = peer.is_interested();
                         peer.on_message(&msg, &mut actions);
                         interested_changed |= peer.is_interested() != was_interested;
-                        if apply_actions(slot, &mut actions) {
-                            return Err("protocol violation".into());
+                        if let Some(reason) = apply_actions(slot, &mut actions) {
+                            if reason.is_misbehaviour() {
+                                torrent
+                                    .stats
+                                    .peers_dropped
+                                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            return Err(format!("we disconnect: {reason}"));
                         }
                     }
                     Ok(None) => break,
@@ -257,9 +263,9 @@ async fn read_more(stream: &TcpStream, mut buf: Vec<u8>, want: usize) -> Result<
     }
 }
 
-/// Encodes the machine's actions into the slot. Returns true when the peer must be dropped.
-fn apply_actions(slot: &mut PeerSlot, actions: &mut Actions) -> bool {
-    let mut drop_peer = false;
+/// Encodes the machine's actions into the slot. Returns why, when the peer must be dropped.
+fn apply_actions(slot: &mut PeerSlot, actions: &mut Actions) -> Option<DisconnectReason> {
+    let mut drop_peer = None;
     let mut wake = false;
     for a in actions.drain() {
         match a {
@@ -268,13 +274,10 @@ fn apply_actions(slot: &mut PeerSlot, actions: &mut Actions) -> bool {
                 wake = true;
             }
             Action::Serve => wake = true,
-            Action::Disconnect(reason) => {
-                tracing::debug!(addr = %slot.addr, "disconnect: {reason:?}");
-                drop_peer = true;
-            }
+            Action::Disconnect(reason) => drop_peer = Some(reason),
         }
     }
-    if drop_peer {
+    if drop_peer.is_some() {
         slot.close();
     } else if wake {
         slot.wake.notify_one();

@@ -9,8 +9,13 @@
 //! queue grows up to its bound once; a BITFIELD we send is built once per connection).
 //!
 //! # Invariants
-//! - Queued + in-flight requests never exceed [`PeerConfig::reqq`] (what we advertise as
-//!   `reqq`). A request past that bound is refused.
+//! - Queued requests never exceed [`PeerConfig::reqq`] (what we advertise as `reqq`). A request
+//!   past that bound is refused. Requests the driver has taken ([`Peer::take_request`]) no
+//!   longer count: the driver may already have handed their PIECEs to the socket, and the peer,
+//!   which counts a request until its PIECE arrives, may have received them and sent new ones.
+//!   (Counting them made a libtorrent leecher that keeps exactly `reqq` requests outstanding
+//!   overshoot by up to two batches, collect strikes and get disconnected every second or so.)
+//!   What the driver has in flight is bounded by the driver: two batches, and its buffer pool.
 //! - Every queued request is valid: piece in range, length `1..=BLOCK_SIZE`, `begin + len`
 //!   within the piece, and the peer was unchoked when it arrived.
 //! - With FAST (BEP 6) every request gets exactly one answer: the PIECE (the driver serves it) or
@@ -50,7 +55,7 @@ pub struct PeerConfig {
     pub piece_length: u32,
     /// Length of the last piece (`1..=piece_length`).
     pub last_piece_length: u32,
-    /// Bound on queued + in-flight requests from this peer (advertised as `reqq`; at least 1).
+    /// Bound on queued requests from this peer (advertised as `reqq`; at least 1).
     pub reqq: u32,
     /// Strikes (bad requests) before we disconnect the peer.
     pub max_bad_requests: u32,
@@ -130,6 +135,13 @@ pub enum DisconnectReason {
     FastNotNegotiated(u8),
     #[error("too many bad requests (last: {0})")]
     TooManyBadRequests(BadRequest),
+}
+
+impl DisconnectReason {
+    /// The peer broke the protocol or abused limits (everything but "both seeds").
+    pub fn is_misbehaviour(self) -> bool {
+        self != DisconnectReason::BothSeeds
+    }
 }
 
 /// What the driver must do.
@@ -451,7 +463,7 @@ impl Peer {
             // Requests sent before our CHOKE arrived are innocent: up to `reqq` of them.
             self.choked_requests = self.choked_requests.saturating_add(1);
             Some((BadRequest::Choked, self.choked_requests > self.cfg.reqq))
-        } else if self.queue.len() as u64 + u64::from(self.in_flight) >= u64::from(self.cfg.reqq) {
+        } else if self.queue.len() as u64 >= u64::from(self.cfg.reqq) {
             Some((BadRequest::QueueFull, true))
         } else {
             None
@@ -501,8 +513,8 @@ impl Peer {
         }
     }
 
-    /// The next request to serve (FIFO). It counts as in flight until [`Peer::on_served`] or
-    /// [`Peer::refuse`].
+    /// The next request to serve (FIFO). It leaves the `reqq` bound at once and counts as in
+    /// flight until [`Peer::on_served`] or [`Peer::refuse`].
     pub fn take_request(&mut self) -> Option<BlockRef> {
         let b = self.queue.pop_front()?;
         self.in_flight += 1;
@@ -814,7 +826,7 @@ mod tests {
     }
 
     #[test]
-    fn queue_is_bounded_by_reqq_including_in_flight() {
+    fn queue_is_bounded_by_reqq_and_a_taken_request_frees_room() {
         let (mut p, mut out) = serving(true);
         let reqq = cfg().reqq;
         for i in 0..reqq {
@@ -826,15 +838,23 @@ mod tests {
         p.on_message(&Message::Request(over), &mut out);
         assert_eq!(out.as_slice(), [Action::Send(OwnedMessage::Reject(over))]);
         assert_eq!(p.stats().bad_requests, 1);
-        // Taking one does not free room until it is served.
+        // Taking one frees room at once (its PIECE may already be on its way), before it is
+        // served; the queue is full again after the next request.
         let t = p.take_request().unwrap();
-        out.clear();
-        p.on_message(&Message::Request(over), &mut out);
-        assert_eq!(out.as_slice(), [Action::Send(OwnedMessage::Reject(over))]);
-        p.on_served(t);
+        assert_eq!(p.in_flight(), 1);
         out.clear();
         p.on_message(&Message::Request(over), &mut out);
         assert_eq!(out.as_slice(), [Action::Serve]);
+        assert_eq!(p.queued(), reqq as usize);
+        out.clear();
+        p.on_message(&Message::Request(blk(6, 0, 16384)), &mut out);
+        assert_eq!(
+            out.as_slice(),
+            [Action::Send(OwnedMessage::Reject(blk(6, 0, 16384)))]
+        );
+        assert_eq!(p.stats().bad_requests, 2);
+        p.on_served(t);
+        assert_eq!(p.in_flight(), 0);
     }
 
     #[test]
@@ -1144,7 +1164,7 @@ mod tests {
                         _ => {}
                     }
                 }
-                proptest::prop_assert!(p.queued() as u64 + u64::from(p.in_flight()) <= u64::from(cfg().reqq));
+                proptest::prop_assert!(p.queued() as u64 <= u64::from(cfg().reqq));
                 let st = p.stats();
                 proptest::prop_assert_eq!(
                     st.requests_received,

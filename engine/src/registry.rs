@@ -111,6 +111,9 @@ pub struct TorrentStats {
     pub peers_total: AtomicU64,
     /// Pieces found bad while serving (lazy verification).
     pub pieces_failed: AtomicU64,
+    /// Peers we disconnected for misbehaving (bad requests, protocol violations; not "both
+    /// seeds"). A well-behaved client never lands here: the interop tests check it stays 0.
+    pub peers_dropped: AtomicU64,
 }
 
 /// One torrent being served.

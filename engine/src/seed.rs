@@ -479,15 +479,19 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
         Duration::from_secs(args.status_interval.max(1))
     };
     rt.block_on(control_loop(registry.clone(), period, tty))?;
-    let total: u64 = registry
-        .torrents()
-        .iter()
-        .map(|t| t.stats.uploaded.load(Ordering::Relaxed))
-        .sum();
+    let sum = |f: fn(&crate::registry::TorrentStats) -> u64| -> u64 {
+        registry.torrents().iter().map(|t| f(&t.stats)).sum()
+    };
+    let total = sum(|s| s.uploaded.load(Ordering::Relaxed));
+    let peers = sum(|s| s.peers_total.load(Ordering::Relaxed));
+    let dropped = sum(|s| s.peers_dropped.load(Ordering::Relaxed));
     if tty {
         eprintln!();
     }
-    eprintln!("stopped: {} served", human_bytes(total));
+    eprintln!(
+        "stopped: {} served to {peers} peers; {dropped} dropped for misbehaving",
+        human_bytes(total)
+    );
     Ok(ExitCode::SUCCESS)
 }
 

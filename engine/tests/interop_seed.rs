@@ -97,7 +97,9 @@ fn our_seeder(case: &Case, nofile: Option<u64>) -> Seeder {
     s
 }
 
-/// SIGTERM stops our seeder cleanly: exit 0 (TEAM.md CLI contract).
+/// SIGTERM stops our seeder cleanly: exit 0 (TEAM.md CLI contract). Real clients are never
+/// dropped for misbehaving: its last line says `0 dropped` (a seeder that counted requests
+/// whose PIECEs were already on their way against `reqq` struck libtorrent leechers out).
 fn stop_our_seeder(mut s: Seeder) {
     let st = s.proc.terminate(Duration::from_secs(20));
     match st {
@@ -111,6 +113,18 @@ fn stop_our_seeder(mut s: Seeder) {
             s.proc.logs()
         ),
     }
+    let err = s.proc.stderr_text();
+    let Some(stopped) = err.lines().rev().find(|l| l.starts_with("stopped:")) else {
+        panic!(
+            "uring-bt seed printed no `stopped:` line\n{}",
+            s.proc.logs()
+        );
+    };
+    assert!(
+        stopped.ends_with("; 0 dropped for misbehaving"),
+        "uring-bt seed dropped real clients as misbehaving: {stopped}\n{}",
+        s.proc.logs()
+    );
 }
 
 fn download(client: Client, case: &Case, seeder: &Seeder, label: &str) {

@@ -257,6 +257,14 @@ impl Proc {
         )
     }
 
+    /// Everything the process wrote on stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     pub fn stdout_lines(&self) -> Vec<String> {
         self.stdout_log
             .lock()
@@ -766,6 +774,8 @@ pub fn spawn_our_seeder(torrents: &[&Path], data: &Path, nofile: Option<u64>) ->
         // Tests leave nothing behind in the user's state directory.
         .arg("--no-resume");
     cmd.env("RUST_BACKTRACE", "1");
+    // Each peer's disconnect and its reason end up in the logs a failing test prints.
+    cmd.env("RUST_LOG", "uring_bt=debug");
     if let Some(cap) = nofile {
         // SAFETY: the closure runs in the forked child before exec and only calls
         // setrlimit(2), which is async-signal-safe; it touches no memory of the parent.
