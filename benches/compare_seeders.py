@@ -12,7 +12,8 @@ just before it stops, and the most descriptors it had open (sampled every 50 ms)
 to tell a seeder that starves leechers from one that leaves cores idle: when the first and the
 last leecher finished, the leechers' own CPU seconds, and the machine's idle share during the run.
 
-The payload lives on ext4 under /var/tmp (never tmpfs: io_uring reads of tmpfs go to worker
+The leechers save into tmpfs (/dev/shm, when it has room; --leech-dir elsewhere), so that
+their own CPU, not this machine's disk, limits them. The payload lives on ext4 under /var/tmp (never tmpfs: io_uring reads of tmpfs go to worker
 threads), is read into the page cache right before each run (vmtouch -t) and its residency is
 reported (fincore) before and after each run.
 
@@ -21,7 +22,8 @@ engine/tests/clients/). Every process started here is killed by its process grou
 
 usage: /usr/bin/python3 benches/compare_seeders.py [--size-mib 2048] [--piece-kib 1024]
            [--leechers 4] [--seeders uring-bt,libtorrent,rtorrent,aria2] [--runs 1]
-           [--dir /var/tmp/uring-bt-compare] [--uring-bt PATH] [--out FILE.md] [--keep]
+           [--dir /var/tmp/uring-bt-compare] [--leech-dir DIR] [--uring-bt PATH]
+           [--out FILE.md] [--keep] [--variant NAME=ARGS]
 
 A smoke test: --size-mib 64. uring-bt is included when its release binary exists
 (cargo build --release); name it in --seeders to require it. Optional seeder: qbittorrent.
@@ -45,6 +47,7 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 ALL_SEEDERS = ["uring-bt", "libtorrent", "rtorrent", "aria2", "qbittorrent"]
 children = []  # every Popen we started: killed by process group at exit
+scratch = []  # directories in RAM (tmpfs) removed at exit, whatever happened
 
 
 def log(msg):
@@ -69,6 +72,8 @@ def cleanup():
                 p.wait(5)
             except subprocess.TimeoutExpired:
                 pass
+    for d in scratch:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def spawn(cmd, **kw):
@@ -257,7 +262,7 @@ def run_one(kind, args, payload, torrent, size, base):
     workdir = os.path.join(base, "work-%s" % kind)
     shutil.rmtree(workdir, ignore_errors=True)
     os.makedirs(workdir)
-    leech_dirs = [os.path.join(base, "leech-%d" % i) for i in range(args.leechers)]
+    leech_dirs = [os.path.join(args.leech_dir, "leech-%d" % i) for i in range(args.leechers)]
     for d in leech_dirs:
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
@@ -411,6 +416,9 @@ def main():
                          "aria2)" % ",".join(ALL_SEEDERS))
     ap.add_argument("--runs", type=int, default=1, help="rounds; each runs every seeder once, in rotated order")
     ap.add_argument("--dir", default="/var/tmp/uring-bt-compare")
+    ap.add_argument("--leech-dir", default=None,
+                    help="where the leechers save (default: /dev/shm/uring-bt-compare-leech when "
+                         "/dev/shm is a tmpfs with room for every download, else --dir)")
     ap.add_argument("--uring-bt", default=None, help="path of the release binary")
     ap.add_argument("--timeout", type=float, default=900.0, help="bound on one run's downloads")
     ap.add_argument("--check-timeout", type=float, default=600.0)
@@ -460,6 +468,20 @@ def main():
         die("%s is on %s: put the payload on ext4 (e.g. under /var/tmp)" % (args.dir, fst))
     size = args.size_mib * MIB
     piece = args.piece_kib * 1024
+    if args.leech_dir is None:
+        # On ext4 the leechers' writes, not the seeder, set the pace here: a fast seeder fills
+        # their page cache faster than the disk takes it, dirty-page throttling stalls them
+        # (libtorrent shows them waiting on disk) and the cores idle. In tmpfs the leechers'
+        # CPU is the limit, as the comparison intends.
+        args.leech_dir = args.dir
+        if fs_type("/dev/shm") == "tmpfs":
+            st = os.statvfs("/dev/shm")
+            if st.f_bavail * st.f_frsize > size * args.leechers + GIB:
+                args.leech_dir = "/dev/shm/uring-bt-compare-leech"
+                if not args.keep:
+                    scratch.append(args.leech_dir)
+    os.makedirs(args.leech_dir, exist_ok=True)
+    leech_fs = fs_type(args.leech_dir)
     data = os.path.join(args.dir, "data")
     os.makedirs(data, exist_ok=True)
     payload = os.path.join(data, "payload-%dmib.bin" % args.size_mib)
@@ -495,6 +517,7 @@ def main():
             os.cpu_count() or 0, args.dir, fst,
             ", ".join("%s %s" % kv for kv in sorted(v.items()))),
         "",
+        "Leechers save to %s (%s). " % (args.leech_dir, leech_fs) +
         "CPU s counts the seeder process (all threads) from ready-to-serve to the last leecher's "
         "completion (start-up checks excluded). Leechers use plain (unencrypted) handshakes. Peak RSS of libtorrent/qBittorrent includes the "
         "mmap'd payload: compare anon RSS.",

@@ -65,10 +65,10 @@ pub struct SeedArgs {
     #[arg(long, default_value_t = 2000, value_name = "N")]
     pub reqq: u32,
     /// Blocks read and sent together per peer (one ring submit, one writev).
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    #[arg(long, default_value_t = 32, value_name = "N")]
     pub batch: usize,
     /// Contiguous requested blocks of a batch read with one vectored read (1: a read per block).
-    #[arg(long, default_value_t = 16, value_name = "N")]
+    #[arg(long, default_value_t = 32, value_name = "N")]
     pub coalesce: usize,
     /// Trust the data instead of checking it first; each piece is then verified the first time it
     /// is served, and a piece that fails is never sent.
