@@ -1,10 +1,12 @@
 //! `uring-bt bench`: disk throughput against the machine's limits.
 //!
 //! `bench disk` reads random blocks of a warm file (its pages cached: warmed right before, with
-//! residency measured before and after) through four paths, one thread each unless told:
+//! residency measured before and after) through five paths, one thread each unless told:
 //! - **storage**: the engine's own [`UringStore`] (its ring, registered file, registered pool
 //!   buffers, batched submissions), `queue-depth` reads in flight from as many tasks;
 //! - **tokio-uring**: `File::read_at` on tokio-uring's ring, `queue-depth` tasks;
+//! - **raw ring**: a bare `io-uring` ring with no runtime, `queue-depth` `ReadFixed`s per
+//!   `submit_and_wait`: the ceiling of any ring-based path on this machine;
 //! - **pread**: plain `pread` from `threads` threads;
 //! - **mmap**: copies out of a shared read-only mapping from `threads` threads.
 //!
@@ -42,13 +44,13 @@ pub struct BenchDiskArgs {
     /// File size in MiB when the file is created.
     #[arg(long, default_value_t = 1024)]
     pub size_mib: u64,
-    /// Seconds per round (shared by the seven paths).
+    /// Seconds per round (shared by the eight paths).
     #[arg(long, default_value_t = 5.0)]
     pub seconds: f64,
     /// Threads for the pread and mmap paths.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
-    /// Interleaved rounds (each path runs `seconds / 7` per round; the median round is reported).
+    /// Interleaved rounds (each path runs `seconds / 8` per round; the median round is reported).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Print one JSON object instead of a table.
@@ -385,6 +387,116 @@ impl TokioUringRunner {
     }
 }
 
+/// A bare ring with no runtime: `depth` `ReadFixed`s on a registered file into registered,
+/// page-aligned buffers, one `submit_and_wait` per batch. Nothing a real server could run (no
+/// tasks, no sockets, every read waited for together), it is the ceiling any ring-based path
+/// (ours, tokio-uring's) can reach on this machine.
+pub struct RawRingRunner {
+    ring: io_uring::IoUring,
+    _file: File,
+    arena: *mut u8,
+    layout: std::alloc::Layout,
+    stride: usize,
+    depth: usize,
+    block: u32,
+}
+
+impl RawRingRunner {
+    pub fn new(path: &Path, block: u32, depth: usize) -> anyhow::Result<Self> {
+        let file = File::open(path)?;
+        let depth = depth.clamp(1, 4096);
+        let stride = (block as usize).next_multiple_of(4096);
+        let layout = std::alloc::Layout::from_size_align(stride * depth, 4096)?;
+        // SAFETY: the layout has a non-zero size (stride >= 4096, depth >= 1).
+        let arena = unsafe { std::alloc::alloc_zeroed(layout) };
+        if arena.is_null() {
+            bail!("cannot allocate {} bytes of buffers", layout.size());
+        }
+        let this = RawRingRunner {
+            ring: io_uring::IoUring::builder()
+                .setup_cqsize((depth as u32).next_power_of_two().max(64))
+                .build((depth as u32).next_power_of_two().max(64))?,
+            _file: file,
+            arena,
+            layout,
+            stride,
+            depth,
+            block,
+        };
+        let iov: Vec<libc::iovec> = (0..depth)
+            .map(|i| libc::iovec {
+                // SAFETY: i * stride is inside the arena.
+                iov_base: unsafe { arena.add(i * stride) }.cast(),
+                iov_len: block as usize,
+            })
+            .collect();
+        // SAFETY: the iovecs point into the arena, which outlives the ring (freed in Drop after
+        // the ring's operations have all been reaped: `run` waits for every read it submits).
+        unsafe { this.ring.submitter().register_buffers(&iov) }?;
+        this.ring
+            .submitter()
+            .register_files(&[this._file.as_raw_fd()])?;
+        Ok(this)
+    }
+
+    pub fn run(&mut self, offsets: &[u64], record: bool) -> anyhow::Result<RunResult> {
+        let mut r = RunResult::default();
+        let start = Instant::now();
+        for batch in offsets.chunks(self.depth) {
+            let t0 = Instant::now();
+            {
+                let mut sq = self.ring.submission();
+                for (i, &off) in batch.iter().enumerate() {
+                    // SAFETY: buffer i is registered at index i and not in use by another read.
+                    let dst = unsafe { self.arena.add(i * self.stride) };
+                    let e = io_uring::opcode::ReadFixed::new(
+                        io_uring::types::Fixed(0),
+                        dst,
+                        self.block,
+                        i as u16,
+                    )
+                    .offset(off)
+                    .build()
+                    .user_data(i as u64);
+                    // SAFETY: the buffer and the registered file outlive the read (waited below).
+                    unsafe { sq.push(&e) }.map_err(|_| anyhow::anyhow!("submission queue full"))?;
+                }
+            }
+            let mut left = batch.len();
+            while left > 0 {
+                match self.ring.submit_and_wait(left) {
+                    Ok(_) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                for c in self.ring.completion() {
+                    left -= 1;
+                    if c.result() != self.block as i32 {
+                        bail!("raw ring read: result {}", c.result());
+                    }
+                }
+            }
+            let lat = t0.elapsed().as_nanos().min(u32::MAX as u128) as u32;
+            if record {
+                r.lat_ns.extend(std::iter::repeat_n(lat, batch.len()));
+            }
+            r.ops += batch.len() as u64;
+            r.bytes += batch.len() as u64 * u64::from(self.block);
+        }
+        r.elapsed = start.elapsed();
+        r.lat_ns.sort_unstable();
+        Ok(r)
+    }
+}
+
+impl Drop for RawRingRunner {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; every read was reaped in `run`, and the
+        // ring (dropped after this) no longer writes into the buffers.
+        unsafe { std::alloc::dealloc(self.arena, self.layout) };
+    }
+}
+
 fn split_threads<F>(offsets: &[u64], threads: usize, f: F) -> anyhow::Result<RunResult>
 where
     F: Fn(&[u64]) -> anyhow::Result<RunResult> + Sync,
@@ -598,6 +710,7 @@ pub fn run_disk(args: BenchDiskArgs) -> anyhow::Result<ExitCode> {
     let plain = StorageRunner::new(&path, block, depth, false)?;
     let mixed = StorageRunner::with_options(&path, block, depth, true, false, block * 64)?;
     let tu = TokioUringRunner::new(&path, block)?;
+    let mut raw = RawRingRunner::new(&path, block, depth)?;
     let file = File::open(&path)?;
     let map = Mapping::new(&file)?;
     let names = [
@@ -605,6 +718,7 @@ pub fn run_disk(args: BenchDiskArgs) -> anyhow::Result<ExitCode> {
         "storage fd+plain bufs",
         "storage reg file+plain bufs",
         "tokio-uring read_at",
+        "raw ring, no runtime",
         "pread",
         "mmap copy",
         "mmap copy (fresh mapping)",
@@ -622,10 +736,11 @@ pub fn run_disk(args: BenchDiskArgs) -> anyhow::Result<ExitCode> {
                 1 => for_seconds(&offsets, per, |o| plain.run(o, depth, true))?,
                 2 => for_seconds(&offsets, per, |o| mixed.run(o, depth, true))?,
                 3 => for_seconds(&offsets, per, |o| tu.run(o, depth, true))?,
-                4 => for_seconds(&offsets, per, |o| {
+                4 => for_seconds(&offsets, per, |o| raw.run(o, true))?,
+                5 => for_seconds(&offsets, per, |o| {
                     run_pread(&file, o, block, args.threads, true)
                 })?,
-                5 => for_seconds(&offsets, per, |o| {
+                6 => for_seconds(&offsets, per, |o| {
                     run_mmap(&map, o, block, args.threads, true)
                 })?,
                 // A new mapping per batch of 16,384 reads: page faults included (a seeder
@@ -639,7 +754,7 @@ pub fn run_disk(args: BenchDiskArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let ring_stats = storage.store().stats();
-    drop((storage, plain, mixed, tu, map));
+    drop((storage, plain, mixed, tu, raw, map));
     let after = residency(&path)?;
     let medians: Vec<RunResult> = rounds
         .into_iter()
@@ -789,6 +904,9 @@ mod tests {
         assert_eq!(r.lat_ns.len(), 2_000);
         let t = TokioUringRunner::new(&path, 16_384).unwrap();
         assert_eq!(t.run(&offs, 8, false).unwrap().ops, 2_000);
+        let mut raw = RawRingRunner::new(&path, 16_384, 8).unwrap();
+        let r = raw.run(&offs, true).unwrap();
+        assert_eq!((r.ops, r.lat_ns.len()), (2_000, 2_000));
         let f = File::open(&path).unwrap();
         assert_eq!(run_pread(&f, &offs, 16_384, 2, false).unwrap().ops, 2_000);
         let m = Mapping::new(&f).unwrap();
