@@ -399,6 +399,8 @@ pub struct RawRingRunner {
     stride: usize,
     depth: usize,
     block: u32,
+    /// A wait on the ring failed with reads possibly in flight: the buffers are never freed.
+    poisoned: bool,
 }
 
 impl RawRingRunner {
@@ -422,6 +424,7 @@ impl RawRingRunner {
             stride,
             depth,
             block,
+            poisoned: false,
         };
         let iov: Vec<libc::iovec> = (0..depth)
             .map(|i| libc::iovec {
@@ -462,19 +465,28 @@ impl RawRingRunner {
                     unsafe { sq.push(&e) }.map_err(|_| anyhow::anyhow!("submission queue full"))?;
                 }
             }
+            // Every read of the batch is reaped before returning, even after a bad result: the
+            // kernel must be done with the buffers before they are reused or freed.
             let mut left = batch.len();
+            let mut bad = None;
             while left > 0 {
                 match self.ring.submit_and_wait(left) {
                     Ok(_) => {}
                     Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        self.poisoned = true;
+                        return Err(e.into());
+                    }
                 }
                 for c in self.ring.completion() {
                     left -= 1;
                     if c.result() != self.block as i32 {
-                        bail!("raw ring read: result {}", c.result());
+                        bad.get_or_insert(c.result());
                     }
                 }
+            }
+            if let Some(res) = bad {
+                bail!("raw ring read: result {res}");
             }
             let lat = t0.elapsed().as_nanos().min(u32::MAX as u128) as u32;
             if record {
@@ -491,8 +503,11 @@ impl RawRingRunner {
 
 impl Drop for RawRingRunner {
     fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout; every read was reaped in `run`, and the
-        // ring (dropped after this) no longer writes into the buffers.
+        if self.poisoned {
+            return; // reads may still be in flight: leak the buffers rather than free them
+        }
+        // SAFETY: allocated in `new` with this layout; every read was reaped in `run`, so the
+        // ring (dropped after this) has nothing in flight that could write into the buffers.
         unsafe { std::alloc::dealloc(self.arena, self.layout) };
     }
 }
