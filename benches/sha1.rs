@@ -116,41 +116,25 @@ fn piece_hasher(c: &mut Criterion) {
     g.sample_size(10);
     g.measurement_time(std::time::Duration::from_secs(8));
     g.throughput(Throughput::Bytes(size as u64));
+    let hash_all = |threads, read_chunk, multi_buffer| {
+        let opts = HashOptions {
+            threads,
+            read_chunk,
+            multi_buffer,
+        };
+        let r = hash_pieces_with(&layout, std::path::Path::new(""), opts, &|_| {});
+        assert!(r.iter().all(|p| p.is_ok()));
+        black_box(r)
+    };
     for threads in [1, cores()] {
         for chunk in [16 << 10, 64 << 10, 256 << 10, 1 << 20] {
             g.bench_function(format!("{threads}_threads_read_{}KiB", chunk >> 10), |b| {
-                b.iter(|| {
-                    let r = hash_pieces_with(
-                        &layout,
-                        std::path::Path::new(""),
-                        HashOptions {
-                            threads,
-                            read_chunk: chunk,
-                            multi_buffer: false,
-                        },
-                        &|_| {},
-                    );
-                    assert!(r.iter().all(|p| p.is_ok()));
-                    black_box(r)
-                })
+                b.iter(|| hash_all(threads, chunk, false))
             });
         }
         // The default: sixteen pieces at once (AVX-512), 64 KiB reads per lane.
         g.bench_function(format!("{threads}_threads_16_lanes_read_64KiB"), |b| {
-            b.iter(|| {
-                let r = hash_pieces_with(
-                    &layout,
-                    std::path::Path::new(""),
-                    HashOptions {
-                        threads,
-                        read_chunk: 64 << 10,
-                        multi_buffer: true,
-                    },
-                    &|_| {},
-                );
-                assert!(r.iter().all(|p| p.is_ok()));
-                black_box(r)
-            })
+            b.iter(|| hash_all(threads, 64 << 10, true))
         });
     }
     g.finish();

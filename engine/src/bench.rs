@@ -393,7 +393,7 @@ impl TokioUringRunner {
 /// (ours, tokio-uring's) can reach on this machine.
 pub struct RawRingRunner {
     ring: io_uring::IoUring,
-    _file: File,
+    file: File,
     arena: *mut u8,
     layout: std::alloc::Layout,
     stride: usize,
@@ -418,7 +418,7 @@ impl RawRingRunner {
             ring: io_uring::IoUring::builder()
                 .setup_cqsize((depth as u32).next_power_of_two().max(64))
                 .build((depth as u32).next_power_of_two().max(64))?,
-            _file: file,
+            file,
             arena,
             layout,
             stride,
@@ -438,7 +438,7 @@ impl RawRingRunner {
         unsafe { this.ring.submitter().register_buffers(&iov) }?;
         this.ring
             .submitter()
-            .register_files(&[this._file.as_raw_fd()])?;
+            .register_files(&[this.file.as_raw_fd()])?;
         Ok(this)
     }
 

@@ -141,6 +141,32 @@ fn download(client: Client, case: &Case, seeder: &Seeder, label: &str) {
     case.assert_downloaded(&save);
 }
 
+/// Starts every `(client, label)` leecher at once (each on its own address), waits for all of
+/// them, then checks every download byte by byte.
+fn download_together(case: &Case, seeder: &Seeder, leechers: &[(Client, String)]) {
+    let mut running: Vec<(Proc, PathBuf)> = leechers
+        .iter()
+        .map(|(c, label)| {
+            let save = case.save_dir(label);
+            let l = spawn_leecher(
+                *c,
+                &case.torrent,
+                &save,
+                seeder.addr,
+                unique_ip(),
+                DOWNLOAD_TIMEOUT,
+            );
+            (l, save)
+        })
+        .collect();
+    for (l, _) in &mut running {
+        wait_leecher(l, DOWNLOAD_TIMEOUT);
+    }
+    for (_, save) in &running {
+        case.assert_downloaded(save);
+    }
+}
+
 fn client_downloads_single(client: Client, label: &'static str) {
     client.require();
     let _g = heavy_lock();
@@ -198,29 +224,10 @@ fn four_libtorrent_leechers_at_once_from_one_uring_bt_seeder() {
     let _t = Timed::new("four_libtorrent_leechers");
     let case = single_case(64, 0x4444);
     let seeder = our_seeder(&case, None);
-    let mut leechers: Vec<(Proc, PathBuf)> = (0..4)
-        .map(|i| {
-            let save = case.save_dir(&format!("lt{i}"));
-            let ip = unique_ip();
-            (
-                spawn_leecher(
-                    Client::Libtorrent,
-                    &case.torrent,
-                    &save,
-                    seeder.addr,
-                    ip,
-                    DOWNLOAD_TIMEOUT,
-                ),
-                save,
-            )
-        })
+    let lt: Vec<(Client, String)> = (0..4)
+        .map(|i| (Client::Libtorrent, format!("lt{i}")))
         .collect();
-    for (l, _) in &mut leechers {
-        wait_leecher(l, DOWNLOAD_TIMEOUT);
-    }
-    for (_, save) in &leechers {
-        case.assert_downloaded(save);
-    }
+    download_together(&case, &seeder, &lt);
     stop_our_seeder(seeder);
 }
 
@@ -247,23 +254,10 @@ fn tree_served_under_ulimit_128_keeps_descriptors_under_the_cap() {
     let sampler = FdSampler::start(pid, Duration::from_millis(10));
     // two leechers at once: their requests walk the 1,000 files independently, so the
     // seeder's open-file table churns
-    let mut leechers: Vec<(Proc, PathBuf)> = (0..2)
-        .map(|i| {
-            let save = case.save_dir(&format!("lt-nofile-{i}"));
-            let l = spawn_leecher(
-                Client::Libtorrent,
-                &case.torrent,
-                &save,
-                seeder.addr,
-                unique_ip(),
-                DOWNLOAD_TIMEOUT,
-            );
-            (l, save)
-        })
+    let lt: Vec<(Client, String)> = (0..2)
+        .map(|i| (Client::Libtorrent, format!("lt-nofile-{i}")))
         .collect();
-    for (l, _) in &mut leechers {
-        wait_leecher(l, DOWNLOAD_TIMEOUT);
-    }
+    download_together(&case, &seeder, &lt);
     let (max_fds, samples) = sampler.stop();
     eprintln!(
         "uring-bt seed under ulimit -n {CAP}: at most {max_fds} open fds in {samples} samples"
@@ -273,9 +267,6 @@ fn tree_served_under_ulimit_128_keeps_descriptors_under_the_cap() {
         (max_fds as u64) < CAP,
         "the seeder had {max_fds} descriptors open, cap {CAP}"
     );
-    for (_, save) in &leechers {
-        case.assert_downloaded(save);
-    }
     stop_our_seeder(seeder);
 }
 
@@ -316,26 +307,7 @@ fn libtorrent_rtorrent_and_qbittorrent_at_once_from_one_uring_bt_seeder() {
     let _t = Timed::new("three_clients_at_once");
     let case = tree_case(1000, 0x3C);
     let seeder = our_seeder(&case, None);
-    let mut leechers: Vec<(Proc, PathBuf)> = clients
-        .iter()
-        .map(|c| {
-            let save = case.save_dir(&format!("{c:?}"));
-            let l = spawn_leecher(
-                *c,
-                &case.torrent,
-                &save,
-                seeder.addr,
-                unique_ip(),
-                DOWNLOAD_TIMEOUT,
-            );
-            (l, save)
-        })
-        .collect();
-    for (l, _) in &mut leechers {
-        wait_leecher(l, DOWNLOAD_TIMEOUT);
-    }
-    for (_, save) in &leechers {
-        case.assert_downloaded(save);
-    }
+    let all: Vec<(Client, String)> = clients.iter().map(|c| (*c, format!("{c:?}"))).collect();
+    download_together(&case, &seeder, &all);
     stop_our_seeder(seeder);
 }

@@ -449,6 +449,26 @@ mod tests {
         Sha1::digest(b).into()
     }
 
+    /// Hashes with the defaults (sixteen lanes when the CPU has them) and counts the progress
+    /// reported, in bytes.
+    fn hash_counting(
+        layout: &Layout,
+        root: &Path,
+        threads: usize,
+        read_chunk: usize,
+    ) -> (Vec<PieceResult>, usize) {
+        let progress = AtomicUsize::new(0);
+        let opts = HashOptions {
+            threads,
+            read_chunk,
+            multi_buffer: true,
+        };
+        let r = hash_pieces_with(layout, root, opts, &|n| {
+            progress.fetch_add(n as usize, Ordering::Relaxed);
+        });
+        (r, progress.into_inner())
+    }
+
     #[test]
     fn pieces_across_files_padding_and_threads() {
         let dir = tempfile::tempdir().unwrap();
@@ -479,22 +499,10 @@ mod tests {
         let want: Vec<[u8; 20]> = stream.chunks(32768).map(sha).collect();
         for threads in [1, 2, 5] {
             for chunk in [4096, 10_000, 1 << 20] {
-                let progress = AtomicUsize::new(0);
-                let got = hash_pieces_with(
-                    &layout,
-                    dir.path(),
-                    HashOptions {
-                        threads,
-                        read_chunk: chunk,
-                        multi_buffer: true,
-                    },
-                    &|n| {
-                        progress.fetch_add(n as usize, Ordering::Relaxed);
-                    },
-                );
+                let (got, progress) = hash_counting(&layout, dir.path(), threads, chunk);
                 let got: Vec<[u8; 20]> = got.into_iter().map(|r| r.unwrap()).collect();
                 assert_eq!(got, want, "threads {threads} chunk {chunk}");
-                assert_eq!(progress.into_inner(), stream.len());
+                assert_eq!(progress, stream.len());
             }
         }
     }
@@ -643,21 +651,9 @@ mod tests {
         }
         for threads in [1, 2] {
             for chunk in [4096, 10_000, 65_536] {
-                let progress = AtomicUsize::new(0);
-                let multi = hash_pieces_with(
-                    &layout,
-                    dir.path(),
-                    HashOptions {
-                        threads,
-                        read_chunk: chunk,
-                        multi_buffer: true,
-                    },
-                    &|n| {
-                        progress.fetch_add(n as usize, Ordering::Relaxed);
-                    },
-                );
+                let (multi, progress) = hash_counting(&layout, dir.path(), threads, chunk);
                 assert_eq!(multi, single, "threads {threads} chunk {chunk}");
-                assert_eq!(progress.into_inner(), stream.len());
+                assert_eq!(progress, stream.len());
             }
         }
     }

@@ -683,27 +683,14 @@ impl UringStore {
         }
         let mut total: u32 = 0;
         for (&len, b) in lens.iter().zip(&bufs) {
-            if len as usize > b.block_capacity() || len == 0 {
-                return (
-                    Err(StorageError::BlockTooLarge {
-                        len,
-                        capacity: b.block_capacity(),
-                    }),
-                    bufs,
-                );
-            }
-            total = match total.checked_add(len) {
-                Some(x) => x,
+            let fits = len != 0 && len as usize <= b.block_capacity();
+            match total.checked_add(len).filter(|_| fits) {
+                Some(x) => total = x,
                 None => {
-                    return (
-                        Err(StorageError::BlockTooLarge {
-                            len,
-                            capacity: b.block_capacity(),
-                        }),
-                        bufs,
-                    )
+                    let capacity = b.block_capacity();
+                    return (Err(StorageError::BlockTooLarge { len, capacity }), bufs);
                 }
-            };
+            }
         }
         let (layout, _) = match self.torrent(t) {
             Ok(x) => x,

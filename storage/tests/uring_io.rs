@@ -19,8 +19,9 @@ fn cfg(max_open_files: usize) -> UringConfig {
     }
 }
 
-#[test]
-fn reads_every_block_across_files_and_padding() {
+/// Files of odd sizes, an empty one, a padding file (never written) and a subdirectory, the last
+/// file `last` bytes long, written under a new temporary directory.
+fn mixed_tree(last: u64, piece_len: u32) -> (tempfile::TempDir, Arc<Layout>) {
     let dir = tempfile::tempdir().unwrap();
     let files = vec![
         fe("t/a", 10_000),
@@ -32,10 +33,16 @@ fn reads_every_block_across_files_and_padding() {
         },
         fe("t/b", 40_000),
         fe("t/sub/c", 1),
-        fe("t/d", 70_001),
+        fe("t/d", last),
     ];
-    let layout = Arc::new(Layout::new(files, 32_768).unwrap());
+    let layout = Arc::new(Layout::new(files, piece_len).unwrap());
     write_files(&layout, dir.path());
+    (dir, layout)
+}
+
+#[test]
+fn reads_every_block_across_files_and_padding() {
+    let (dir, layout) = mixed_tree(70_001, 32_768);
     assert!(!dir.path().join("t/.pad/1").exists());
     tokio_uring::start(async {
         let pool = BufPool::new(8, 16_384).unwrap();
@@ -270,21 +277,7 @@ fn dropping_the_store_releases_its_descriptors() {
 /// block lengths, with two file slots so runs evict each other's files.
 #[test]
 fn vectored_runs_read_the_same_bytes_as_single_blocks() {
-    let dir = tempfile::tempdir().unwrap();
-    let files = vec![
-        fe("t/a", 10_000),
-        fe("t/empty", 0),
-        FileEntry {
-            path: "t/.pad/1".into(),
-            length: 6_384,
-            padding: true,
-        },
-        fe("t/b", 40_000),
-        fe("t/sub/c", 1),
-        fe("t/d", 170_001),
-    ];
-    let layout = Arc::new(Layout::new(files, 131_072).unwrap());
-    write_files(&layout, dir.path());
+    let (dir, layout) = mixed_tree(170_001, 131_072);
     tokio_uring::start(async {
         let pool = BufPool::new(16, 16_384).unwrap();
         let store = UringStore::new(cfg(2), Rc::clone(&pool)).unwrap();
