@@ -18,7 +18,7 @@ use std::time::Duration;
 use uring_bt_storage::hash::{hash_pieces_with, HashOptions};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use uring_bt::bench::{
+use uring_bt::bench::disk::{
     ensure_file, random_offsets, residency, run_mmap, run_pread, warm, Mapping, StorageRunner,
     TokioUringRunner, DEFAULT_PATH,
 };

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use sha1::{Digest, Sha1};
+use uring_bt_proto::layout::{FileEntry, Layout};
 use uring_bt_storage::hash::{hash_pieces_with, HashOptions};
-use uring_bt_storage::layout::{FileEntry, Layout};
 use uring_bt_storage::sha1x16::{Sha1x16, LANES};
 
 fn cores() -> usize {

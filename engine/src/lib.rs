@@ -1,27 +1,18 @@
 //! uring-bt: a thread-per-core io_uring BitTorrent engine.
 //!
-//! Module map (see docs/architecture.md):
-//! - [`bencode`]: iterative validator (depth/token/size limits) and raw-span lookup.
-//! - [`metainfo`]: .torrent parsing, validation, info hash over the raw bytes, magnet links.
-//! - [`create`]: building .torrent files (all-core hashing).
-//! - [`verify`]: checking data against a torrent.
-//! - [`wire`]: the peer wire protocol, sans-IO.
-//! - [`peer`]: the peer state machine, sans-IO.
-//! - [`choker`]: upload-slot choking (seed mode).
-//! - [`registry`], [`shard`], [`conn`], [`seed`]: the seeding server.
-//! - [`bench`]: `uring-bt bench`.
-//! - [`cli`]: the command line.
+//! The protocol itself (bencode, metainfo, layout, wire codec, peer session, choker) is the
+//! sans-IO crate `uring-bt-proto`; block storage is `uring-bt-storage`. This crate is grouped by
+//! role (module map with one line per file: `docs/architecture.md`):
+//! - [`server`]: the data plane: shards, the connection driver (the only peer I/O), the
+//!   registry, the block-serving path, process limits.
+//! - [`control`]: the control plane: status reporting (later trackers, supervisor, API).
+//! - [`torrent`]: making, loading and checking torrents and their data (create, verify, the
+//!   start-up check with resume data).
+//! - [`cli`]: the command line, one file per command.
+//! - [`bench`]: `uring-bt bench`, away from the hot path.
 
 pub mod bench;
-pub mod bencode;
-pub mod choker;
 pub mod cli;
-pub mod conn;
-pub mod create;
-pub mod metainfo;
-pub mod peer;
-pub mod registry;
-pub mod seed;
-pub mod shard;
-pub mod verify;
-pub mod wire;
+pub mod control;
+pub mod server;
+pub mod torrent;

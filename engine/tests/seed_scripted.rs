@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sha1::{Digest, Sha1};
-use uring_bt::wire::{self, BlockRef, Handshake, Message, OwnedMessage};
+use uring_bt_proto::wire::{self, BlockRef, Handshake, Message, OwnedMessage};
 
 const BIN: &str = env!("CARGO_BIN_EXE_uring-bt");
 
@@ -58,7 +58,7 @@ fn fixture(len: usize) -> Fixture {
         .output()
         .unwrap();
     assert!(out.status.success(), "create failed: {out:?}");
-    let meta = uring_bt::metainfo::Metainfo::from_file(&torrent).unwrap();
+    let meta = uring_bt::torrent::load::metainfo_from_file(&torrent).unwrap();
     Fixture {
         _dir: dir,
         torrent,
@@ -594,11 +594,11 @@ fn seed_path_makes_the_torrent_then_serves_it() {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no listening line in {text:?}"));
     // The torrent was written where -o said, and names the tree.
-    let meta = uring_bt::metainfo::Metainfo::from_file(&out_torrent).unwrap();
+    let meta = uring_bt::torrent::load::metainfo_from_file(&out_torrent).unwrap();
     assert_eq!(meta.name, "tree");
     assert_eq!(meta.total_length, 70_005);
     let magnet = text.lines().find(|l| l.starts_with("magnet:")).unwrap();
-    assert!(magnet.contains(&uring_bt::metainfo::hex(&meta.info_hash)));
+    assert!(magnet.contains(&uring_bt_proto::metainfo::hex(&meta.info_hash)));
     assert!(magnet.contains("x.pe=127.0.0.1%3A"), "{magnet}");
     // It serves the last block, which spans both files (a.bin's tail and b.bin).
     let (mut p, _) = Scripted::connect(addr, meta.info_hash, true);
@@ -640,7 +640,7 @@ fn several_torrents_in_one_process() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let m2 = uring_bt::metainfo::Metainfo::from_file(&t2).unwrap();
+    let m2 = uring_bt::torrent::load::metainfo_from_file(&t2).unwrap();
     let t2s = t2.to_str().unwrap().to_string();
     let (_s, addr) = start_seeder(&f, &[t2s.as_str()]);
     for (hash, content, pl) in [

@@ -4,9 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use uring_bt::choker::{Choker, ChokerPeer};
-use uring_bt::peer::{Action, Actions, DisconnectReason, Peer, PeerConfig};
-use uring_bt::wire::{
+use uring_bt_proto::choker::{Choker, ChokerPeer};
+use uring_bt_proto::peer::{Action, Actions, DisconnectReason, Peer, PeerConfig};
+use uring_bt_proto::wire::{
     self, BlockRef, ExtHandshake, Handshake, Message, OwnedMessage, BLOCK_SIZE, HANDSHAKE_LEN,
     MAX_MESSAGE_LEN,
 };

@@ -26,7 +26,7 @@ use std::task::Waker;
 
 use lru::LruCache;
 
-use crate::store::StorageError;
+use crate::error::StorageError;
 
 /// Identifies one file of one torrent in the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -45,7 +45,7 @@ use std::task::{Context, Poll, Waker};
 
 use tokio_uring::buf::{BoundedBuf, IoBuf, IoBufMut, Slice};
 
-use crate::store::StorageError;
+use crate::error::StorageError;
 
 /// Bytes reserved before the block (one page, so the block is page-aligned): the 13-byte PIECE
 /// header sits at `[HEADROOM - 13..HEADROOM)`. Code slices with this constant, never a literal.

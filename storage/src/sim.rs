@@ -221,7 +221,7 @@ impl SimStore {
         let ts = self.torrents.borrow();
         let x = ts
             .get(t.0 as usize)
-            .ok_or(StorageError::UnknownTorrent(t))?;
+            .ok_or(StorageError::UnknownTorrent(t.0))?;
         if write && !x.writable {
             return Err(StorageError::ReadOnly {
                 path: x.root.clone(),
@@ -372,7 +372,7 @@ impl BlockStore for SimStore {
             let ts = self.torrents.borrow();
             let x = ts
                 .get(t.0 as usize)
-                .ok_or(StorageError::UnknownTorrent(t))?;
+                .ok_or(StorageError::UnknownTorrent(t.0))?;
             x.layout.piece_size(piece)
         };
         self.check(t, piece, 0, size, false)?;

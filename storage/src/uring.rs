@@ -373,7 +373,7 @@ impl UringStore {
         let ts = self.inner.torrents.borrow();
         let e = ts
             .get(t.0 as usize)
-            .ok_or(StorageError::UnknownTorrent(t))?;
+            .ok_or(StorageError::UnknownTorrent(t.0))?;
         Ok((Arc::clone(&e.layout), e.writable))
     }
 
@@ -397,7 +397,7 @@ impl UringStore {
         let mut ts = self.inner.torrents.borrow_mut();
         let e = ts
             .get_mut(t.0 as usize)
-            .ok_or(StorageError::UnknownTorrent(t))?;
+            .ok_or(StorageError::UnknownTorrent(t.0))?;
         if e.root_fd.is_none() {
             if e.writable {
                 std::fs::create_dir_all(&e.root)

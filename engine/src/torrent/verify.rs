@@ -10,7 +10,7 @@ use std::path::Path;
 
 use uring_bt_storage::hash::{hash_pieces, HashError};
 
-use crate::metainfo::Metainfo;
+use uring_bt_proto::metainfo::Metainfo;
 
 /// What is wrong with one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,7 +210,7 @@ pub fn ranges(pieces: &[u32]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::create::{build, CreateOptions, Source};
+    use crate::torrent::create::{build, CreateOptions, Source};
 
     #[test]
     fn ranges_format() {

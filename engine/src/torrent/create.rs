@@ -10,7 +10,7 @@
 //!   directories are not followed (no loops), and those, broken links, FIFOs, sockets and devices
 //!   are skipped, each reported in [`Source::skipped`] for the caller to print. Zero-length
 //!   files are included. File names must be valid UTF-8 and pass the same checks as parsed
-//!   torrents ([`crate::metainfo`]); anything else is refused, naming the file.
+//!   torrents ([`uring_bt_proto::metainfo`]); anything else is refused, naming the file.
 //! - **Piece length**: given, it must be a power of two from 16 KiB to 64 MiB; by default the
 //!   smallest power of two that gives at most 2,048 pieces, clamped to 16 KiB..=16 MiB
 //!   (libtorrent's rule; mktorrent's table gives the same for most sizes, e.g. 1 MiB for 2 GiB).
@@ -23,10 +23,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_bytes::Bytes;
+use uring_bt_proto::layout::{FileEntry, Layout, LayoutError};
 use uring_bt_storage::hash::{hash_pieces, HashError};
-use uring_bt_storage::layout::{FileEntry, Layout, LayoutError};
 
-use crate::metainfo::{self, Metainfo, MetainfoError, MAX_FILES, MAX_PIECES};
+use uring_bt_proto::metainfo::{self, Metainfo, MetainfoError, MAX_FILES, MAX_PIECES};
 
 /// Smallest piece length `create` accepts or chooses.
 pub const MIN_PIECE_LENGTH: u32 = 16 << 10;

@@ -29,14 +29,14 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use crate::layout::{FileEntry, Layout, LayoutError};
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::Deserialize;
 use serde_bencode::value::Value;
 use serde_bytes::ByteBuf;
 use sha1::{Digest, Sha1};
-use uring_bt_storage::layout::{FileEntry, Layout, LayoutError};
 
 use crate::bencode::{self, BencodeError, Limits};
 
@@ -149,7 +149,7 @@ impl FileInfo {
 }
 
 /// A parsed, validated v1 torrent. Built only by [`Metainfo::from_bytes`] (and
-/// [`Metainfo::from_file`]); the fields are public for reading and must be treated as read-only
+/// `uring-bt`'s `torrent::load`); the fields are public for reading and must be treated as read-only
 /// (the info hash, pieces and layout are consistent with each other by construction).
 #[derive(Debug, Clone)]
 pub struct Metainfo {
@@ -221,7 +221,7 @@ fn lossy(b: &[u8]) -> String {
 }
 
 /// Checks one untrusted path element. Returns the reason it is refused.
-pub(crate) fn check_element(e: &[u8]) -> Result<String, String> {
+pub fn check_element(e: &[u8]) -> Result<String, String> {
     let shown = lossy(e);
     if e.is_empty() {
         return Err("empty path element".into());
@@ -273,32 +273,6 @@ fn value_string(v: &Value) -> Option<String> {
 }
 
 impl Metainfo {
-    /// Reads and parses a .torrent file; refuses files over [`MAX_TORRENT_SIZE`] without reading
-    /// them whole.
-    pub fn from_file(path: &Path) -> Result<Metainfo, MetainfoError> {
-        use std::io::Read;
-        let io = |source| MetainfoError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io)?;
-        let mut buf = Vec::new();
-        // Read one byte past the limit to tell "at the limit" from "over it".
-        file.take(MAX_TORRENT_SIZE as u64 + 1)
-            .read_to_end(&mut buf)
-            .map_err(io)?;
-        if buf.len() > MAX_TORRENT_SIZE {
-            let size = std::fs::metadata(path)
-                .map(|m| m.len())
-                .unwrap_or(buf.len() as u64);
-            return Err(MetainfoError::TooLarge {
-                size,
-                limit: MAX_TORRENT_SIZE,
-            });
-        }
-        Metainfo::from_bytes(&buf)
-    }
-
     /// Parses and validates a .torrent held in memory.
     pub fn from_bytes(buf: &[u8]) -> Result<Metainfo, MetainfoError> {
         if buf.len() > MAX_TORRENT_SIZE {

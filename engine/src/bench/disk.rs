@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use uring_bt_storage::layout::{FileEntry, Layout};
+use uring_bt_proto::layout::{FileEntry, Layout};
 use uring_bt_storage::pool::BufPool;
 use uring_bt_storage::store::{BlockStore, TorrentId};
 use uring_bt_storage::uring::{UringConfig, UringStore};

@@ -18,6 +18,8 @@
 //!   and one `bad_file: <path> (<problem>; pieces <ranges>)` per file, then
 //!   `result: complete|incomplete`. `--json`: see [`verify_json`].
 
+pub mod seed;
+
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,9 +30,9 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::json;
 
-use crate::create::{self, CreateError, CreateOptions, Source};
-use crate::metainfo::{Metainfo, MetainfoError};
-use crate::verify::{self, ranges, VerifyReport};
+use crate::torrent::create::{self, CreateError, CreateOptions, Source};
+use crate::torrent::verify::{self, ranges, VerifyReport};
+use uring_bt_proto::metainfo::{Metainfo, MetainfoError};
 
 const ABOUT: &str = "A thread-per-core io_uring BitTorrent engine: create, inspect and verify \
 torrents, and seed them fast.";
@@ -69,7 +71,7 @@ enum Command {
     /// Check data on disk against a .torrent; exit 0 when every piece is good, 1 otherwise.
     Verify(VerifyArgs),
     /// Seed torrents to peers (thread-per-core, io_uring).
-    Seed(crate::seed::SeedArgs),
+    Seed(crate::cli::seed::SeedArgs),
     /// Measure throughput against this machine's limits.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -78,7 +80,7 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Read a file block by block through the storage engine (io_uring) and report MB/s.
-    Disk(crate::bench::BenchDiskArgs),
+    Disk(crate::bench::disk::BenchDiskArgs),
 }
 
 #[derive(Debug, Args)]
@@ -324,8 +326,8 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
         Command::Create(a) => create_cmd(a),
         Command::Info(a) => info_cmd(a),
         Command::Verify(a) => verify_cmd(a),
-        Command::Seed(a) => Ok(crate::seed::run(a)?),
-        Command::Bench(BenchCommand::Disk(a)) => Ok(crate::bench::run_disk(a)?),
+        Command::Seed(a) => Ok(crate::cli::seed::run(a)?),
+        Command::Bench(BenchCommand::Disk(a)) => Ok(crate::bench::disk::run_disk(a)?),
     }
 }
 
@@ -440,9 +442,9 @@ fn create_cmd(a: CreateArgs) -> Result<ExitCode, Fail> {
         "created {}: {} file(s), {}, {} pieces of {}, hashed in {:.2} s ({:.0} MB/s, {} threads)",
         a.output.display(),
         source.files.len(),
-        crate::seed::human_bytes(m.total_length),
+        crate::control::status::human_bytes(m.total_length),
         m.num_pieces(),
-        crate::seed::human_bytes(u64::from(m.piece_length)),
+        crate::control::status::human_bytes(u64::from(m.piece_length)),
         secs,
         m.total_length as f64 / secs.max(1e-9) / 1e6,
         opts.threads,
@@ -482,7 +484,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn load(path: &Path) -> Result<Metainfo, Fail> {
-    Metainfo::from_file(path).map_err(|e| match e {
+    crate::torrent::load::metainfo_from_file(path).map_err(|e| match e {
         MetainfoError::Io { .. } => Fail::input(e),
         e => Fail::input(anyhow::Error::new(e).context(path.display().to_string())),
     })
@@ -602,7 +604,7 @@ fn verify_cmd(a: VerifyArgs) -> Result<ExitCode, Fail> {
     pb.finish_and_clear();
     note(format_args!(
         "verified {} in {:.2} s ({:.0} MB/s, {threads} threads)",
-        crate::seed::human_bytes(report.bytes),
+        crate::control::status::human_bytes(report.bytes),
         secs,
         report.bytes as f64 / secs.max(1e-9) / 1e6,
     ));

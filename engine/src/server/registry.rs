@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use uring_bt_storage::layout::Layout;
+use uring_bt_proto::layout::Layout;
 
 /// A fixed-size bitfield of atomics, one bit per piece.
 #[derive(Debug)]
@@ -208,7 +208,7 @@ impl Registry {
     }
 }
 
-pub use crate::metainfo::hex;
+pub use uring_bt_proto::metainfo::hex;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,23 @@
+//! uring-bt-proto: the BitTorrent protocol with no I/O.
+//!
+//! Everything here takes bytes and `now` and returns bytes and decisions; nothing opens a file
+//! or a socket or reads a clock, so every protocol decision can be unit-tested, property-tested
+//! and fuzzed without a runtime. The engine's connection driver is the only code that moves
+//! these bytes over a socket.
+//!
+//! - [`bencode`]: iterative validator (depth/token/size limits) and raw-span lookup.
+//! - [`metainfo`]: .torrent parsing and validation, info hash over the raw bytes, magnet links.
+//! - [`layout`]: piece/block -> file spans (what a torrent's bytes are, and where).
+//! - [`wire`]: the peer wire codec (BEP 3, 6, 10): handshake, messages, extension handshake.
+//! - [`peer`]: the peer state machine (requests, choking, interest, pieces, strikes).
+//! - [`session`]: one connection from first byte to close: handshake order, our extension
+//!   handshake, the bounded outgoing control queue, timers driven by `now`.
+//! - [`choker`]: upload-slot choking (seed mode).
+
+pub mod bencode;
+pub mod choker;
+pub mod layout;
+pub mod metainfo;
+pub mod peer;
+pub mod session;
+pub mod wire;

@@ -1,0 +1,640 @@
+//! One peer connection from its first byte to its close, sans-IO.
+//!
+//! A [`Session`] is what the connection driver runs for every socket: it parses the handshake,
+//! lets the driver name the torrent ([`Session::attach`]), queues our side of the handshake in
+//! the order peers expect (handshake, then BITFIELD/HAVE ALL, then the BEP 10 extension
+//! handshake), decodes every message and feeds the [`Peer`] state machine, and keeps the
+//! connection's outgoing control bytes in one bounded queue. Its timers (handshake timeout, idle
+//! timeout, stalled write, keep-alive) run on the `now` the driver passes in. It does no I/O and
+//! reads no clock: the driver moves bytes between the socket and [`Session::receive`] /
+//! [`Session::take_control`], and a scripted test can drive exactly the code production runs.
+//!
+//! # Bounds (per connection)
+//! - **Control queue** (`out`): decoding stops while it holds [`SessionConfig::out_high_water`]
+//!   bytes or more (the driver then stops reading from the socket: backpressure), so it never
+//!   exceeds `out_high_water + max_reply`, where `max_reply` is the most one input can add:
+//!   `max(17 x reqq + 5` (a CHOKE rejecting the whole queue with FAST)`, 68 + 5 + bitfield_len
+//!   + ext_handshake_len` (our opening)`)`. Every other message adds at most one 17-byte REJECT.
+//! - **Input**: the driver keeps what [`Session::receive`] did not consume; a message is never
+//!   longer than [`Session::max_message_len`] (the torrent's BITFIELD or a PIECE, capped by the
+//!   wire limit), checked from its length prefix before its body is buffered.
+//! - **Requests**: the [`Peer`]'s queue (`reqq`); what the driver took is bounded by the driver.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::peer::{Action, Actions, DisconnectReason, Peer, PeerConfig};
+use crate::wire::{
+    self, BlockRef, ExtHandshake, Handshake, Message, WireError, BLOCK_SIZE, HANDSHAKE_LEN,
+    MAX_MESSAGE_LEN, OUR_RESERVED,
+};
+
+/// Default: a connection must complete its handshake within this.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default: a peer that sent nothing for this long is dropped.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(180);
+/// Default: a write to the peer that has not completed for this long means the peer stopped
+/// reading; it is dropped (far below the idle timeout: a stalled peer holds pool buffers).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long between two keep-alives we send on an otherwise quiet connection.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(90);
+/// Default high-water mark of the control queue (bytes).
+pub const DEFAULT_OUT_HIGH_WATER: usize = 16 << 10;
+
+/// Fixed settings of every session of one server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Our peer id.
+    pub peer_id: [u8; 20],
+    /// Our listening port, sent as `p` in the extension handshake.
+    pub listen_port: u16,
+    /// Our client name and version, sent as `v`.
+    pub client: String,
+    /// Requests a peer may queue (advertised as `reqq`).
+    pub reqq: u32,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub keepalive_interval: Duration,
+    /// Decoding pauses while the control queue holds this many bytes (backpressure).
+    pub out_high_water: usize,
+}
+
+impl SessionConfig {
+    /// Defaults for everything but our identity.
+    pub fn new(peer_id: [u8; 20], listen_port: u16, reqq: u32) -> Self {
+        SessionConfig {
+            peer_id,
+            listen_port,
+            client: concat!("uring-bt ", env!("CARGO_PKG_VERSION")).to_string(),
+            reqq: reqq.max(1),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            keepalive_interval: KEEPALIVE_INTERVAL,
+            out_high_water: DEFAULT_OUT_HIGH_WATER,
+        }
+    }
+
+    /// The most bytes the control queue of a session of a torrent with `num_pieces` pieces can
+    /// hold (see the module's bounds).
+    pub fn max_control_bytes(&self, num_pieces: u32) -> usize {
+        let reject_all = 17 * self.reqq as usize + 5;
+        let opening =
+            HANDSHAKE_LEN + 5 + (num_pieces as usize).div_ceil(8) + 128 + self.client.len();
+        self.out_high_water + reject_all.max(opening)
+    }
+}
+
+/// What the session needs to know of the torrent the peer asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TorrentView {
+    pub info_hash: [u8; 20],
+    pub num_pieces: u32,
+    pub piece_length: u32,
+    pub last_piece_length: u32,
+    /// We have every piece.
+    pub seed: bool,
+}
+
+/// Why a session ended (or must end).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CloseReason {
+    #[error("bad handshake: {0}")]
+    BadHandshake(WireError),
+    #[error("unknown info hash")]
+    UnknownTorrent,
+    #[error("torrent connection limit reached")]
+    TorrentFull,
+    #[error("wire: {0}")]
+    Wire(WireError),
+    #[error("we disconnect: {0}")]
+    Peer(DisconnectReason),
+    #[error("no handshake within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("silent for {0:?}")]
+    Idle(Duration),
+    #[error("a write made no progress for {0:?}: the peer stopped reading")]
+    WriteStalled(Duration),
+}
+
+impl CloseReason {
+    /// The peer broke the protocol or abused a limit (counted as "dropped for misbehaving").
+    pub fn is_misbehaviour(&self) -> bool {
+        match self {
+            CloseReason::Peer(r) => r.is_misbehaviour(),
+            CloseReason::Wire(_) | CloseReason::WriteStalled(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Where the session is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the peer's 68-byte handshake.
+    Handshake,
+    /// The handshake arrived; the driver must [`Session::attach`] or close.
+    AwaitTorrent,
+    /// Messages flow.
+    Established,
+}
+
+/// What one call of [`Session::receive`] found, for the driver.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes of the input consumed (the driver drops them).
+    pub consumed: usize,
+    /// Control bytes were queued: wake the writer.
+    pub wake: bool,
+    /// A request was queued: the writer has blocks to serve.
+    pub serve: bool,
+    /// The peer's interest changed: the choker may want to act.
+    pub interest_changed: bool,
+    /// Decoding stopped at the control queue's high-water mark: read no more from the socket
+    /// until the writer has drained it ([`Session::wants_input`]).
+    pub paused: bool,
+}
+
+/// One connection's protocol state.
+#[derive(Debug)]
+pub struct Session {
+    cfg: SessionConfig,
+    phase: Phase,
+    remote_ip: Option<IpAddr>,
+    handshake: Option<Handshake>,
+    peer: Option<Peer>,
+    max_len: u32,
+    /// Encoded control messages waiting for the writer (bounded: see the module docs).
+    out: Vec<u8>,
+    actions: Actions,
+    connected_at: Instant,
+    last_recv: Instant,
+    last_send: Instant,
+    writing_since: Option<Instant>,
+}
+
+impl Session {
+    /// A new inbound connection from `remote_ip`, accepted at `now`.
+    pub fn new(cfg: SessionConfig, remote_ip: Option<IpAddr>, now: Instant) -> Self {
+        Session {
+            cfg,
+            phase: Phase::Handshake,
+            remote_ip,
+            handshake: None,
+            peer: None,
+            max_len: HANDSHAKE_LEN as u32,
+            out: Vec::with_capacity(256),
+            actions: Actions::new(),
+            connected_at: now,
+            last_recv: now,
+            last_send: now,
+            writing_since: None,
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The peer's handshake, once received.
+    pub fn handshake(&self) -> Option<&Handshake> {
+        self.handshake.as_ref()
+    }
+
+    /// The peer state machine, once attached.
+    pub fn peer(&self) -> Option<&Peer> {
+        self.peer.as_ref()
+    }
+
+    /// The largest message accepted from this peer: a PIECE (we may download later) or the
+    /// torrent's BITFIELD, whichever is larger, never above the wire limit. Bounds the driver's
+    /// receive buffer by the torrent, not by what the peer claims.
+    pub fn max_message_len(&self) -> u32 {
+        self.max_len
+    }
+
+    /// Bytes arrived from the socket at `now` (resets the idle timer).
+    pub fn on_read(&mut self, now: Instant) {
+        self.last_recv = now;
+    }
+
+    /// Processes what the driver has buffered: the handshake, or as many whole messages as the
+    /// control queue's high-water mark allows. Returns what happened, or why to close.
+    pub fn receive(&mut self, buf: &[u8]) -> Result<Received, CloseReason> {
+        let mut r = Received::default();
+        match self.phase {
+            Phase::AwaitTorrent => return Ok(r),
+            Phase::Handshake => {
+                return match wire::decode_handshake(buf) {
+                    Ok(None) => Ok(r),
+                    Ok(Some(hs)) => {
+                        self.handshake = Some(hs);
+                        self.phase = Phase::AwaitTorrent;
+                        r.consumed = HANDSHAKE_LEN;
+                        Ok(r)
+                    }
+                    Err(e) => Err(CloseReason::BadHandshake(e)),
+                };
+            }
+            Phase::Established => {}
+        }
+        let Some(peer) = self.peer.as_mut() else {
+            return Ok(r);
+        };
+        loop {
+            if self.out.len() >= self.cfg.out_high_water {
+                r.paused = true;
+                break;
+            }
+            match wire::decode(&buf[r.consumed..], self.max_len) {
+                Ok(Some((msg, n))) => {
+                    r.consumed += n;
+                    let was_interested = peer.is_interested();
+                    peer.on_message(&msg, &mut self.actions);
+                    r.interest_changed |= peer.is_interested() != was_interested;
+                    apply(&mut self.actions, &mut self.out, &mut r)?;
+                }
+                Ok(None) => break,
+                Err(e) => return Err(CloseReason::Wire(e)),
+            }
+        }
+        Ok(r)
+    }
+
+    /// Names the torrent of the peer's handshake (the driver looked its info hash up) and
+    /// queues our opening: our handshake, HAVE ALL or a BITFIELD, and the extension handshake
+    /// when the peer supports BEP 10. `have`: our bitfield when we are not a seed.
+    pub fn attach(&mut self, t: &TorrentView, have: &[u8]) {
+        let Some(hs) = self.handshake else {
+            return;
+        };
+        let ours = Handshake {
+            reserved: OUR_RESERVED,
+            info_hash: t.info_hash,
+            peer_id: self.cfg.peer_id,
+        };
+        wire::encode_handshake(&ours, &mut self.out);
+        let cfg = PeerConfig::new(
+            t.num_pieces,
+            t.piece_length,
+            t.last_piece_length,
+            self.cfg.reqq,
+        );
+        let mut peer = Peer::new(cfg, t.seed, hs.supports_fast());
+        if t.seed {
+            peer.start(&mut self.actions);
+        } else {
+            peer.start_with_have(have, &mut self.actions);
+        }
+        let mut r = Received::default();
+        // Our opening holds no Disconnect.
+        let _ = apply(&mut self.actions, &mut self.out, &mut r);
+        if hs.supports_extensions() {
+            let ext = ExtHandshake {
+                v: Some(self.cfg.client.clone()),
+                reqq: Some(self.cfg.reqq),
+                yourip: self.remote_ip,
+                p: Some(self.cfg.listen_port),
+                ..ExtHandshake::default()
+            };
+            let payload = ext.encode();
+            wire::encode(
+                &Message::Extended {
+                    id: 0,
+                    payload: &payload,
+                },
+                &mut self.out,
+            );
+        }
+        let bitfield = 1 + t.num_pieces.div_ceil(8);
+        self.max_len = (BLOCK_SIZE + 9).max(bitfield).min(MAX_MESSAGE_LEN);
+        self.peer = Some(peer);
+        self.phase = Phase::Established;
+    }
+
+    /// True when the driver may read more from the socket (the control queue is below its
+    /// high-water mark).
+    pub fn wants_input(&self) -> bool {
+        self.out.len() < self.cfg.out_high_water
+    }
+
+    /// Control bytes waiting to be written.
+    pub fn control_len(&self) -> usize {
+        self.out.len()
+    }
+
+    /// Hands the queued control bytes to the writer: swaps them with `buf` (which should be
+    /// empty; its capacity is reused), so no byte is copied.
+    pub fn take_control(&mut self, buf: &mut Vec<u8>) {
+        debug_assert!(buf.is_empty());
+        buf.clear();
+        std::mem::swap(buf, &mut self.out);
+    }
+
+    /// The next request to serve (see [`Peer::take_request`]).
+    pub fn take_request(&mut self) -> Option<BlockRef> {
+        self.peer.as_mut()?.take_request()
+    }
+
+    /// The PIECE for `b` was handed to the socket.
+    pub fn on_served(&mut self, b: BlockRef) {
+        if let Some(p) = self.peer.as_mut() {
+            p.on_served(b);
+        }
+    }
+
+    /// The driver cannot serve `b` (storage error, a piece that failed its check): REJECT with
+    /// FAST. Returns true when control bytes were queued.
+    pub fn refuse(&mut self, b: BlockRef) -> bool {
+        let Some(p) = self.peer.as_mut() else {
+            return false;
+        };
+        p.refuse(b, &mut self.actions);
+        let mut r = Received::default();
+        let _ = apply(&mut self.actions, &mut self.out, &mut r);
+        r.wake
+    }
+
+    /// The choker's decision. Returns true when control bytes were queued.
+    pub fn set_choked(&mut self, choked: bool) -> bool {
+        let Some(p) = self.peer.as_mut() else {
+            return false;
+        };
+        p.set_choked(choked, &mut self.actions);
+        let mut r = Received::default();
+        let _ = apply(&mut self.actions, &mut self.out, &mut r);
+        r.wake
+    }
+
+    /// A write to the socket started at `now`.
+    pub fn on_write_start(&mut self, now: Instant) {
+        self.writing_since = Some(now);
+    }
+
+    /// The write in flight completed at `now`.
+    pub fn on_write_done(&mut self, now: Instant) {
+        self.writing_since = None;
+        self.last_send = now;
+    }
+
+    /// The timers, at `now`: `Err` when the connection must close (no handshake in time,
+    /// silent too long, a write stalled); `Ok(true)` when a keep-alive was queued (wake the
+    /// writer).
+    pub fn on_tick(&mut self, now: Instant) -> Result<bool, CloseReason> {
+        if self.phase != Phase::Established {
+            if now.saturating_duration_since(self.connected_at) > self.cfg.handshake_timeout {
+                return Err(CloseReason::HandshakeTimeout(self.cfg.handshake_timeout));
+            }
+            return Ok(false);
+        }
+        if now.saturating_duration_since(self.last_recv) > self.cfg.idle_timeout {
+            return Err(CloseReason::Idle(self.cfg.idle_timeout));
+        }
+        if let Some(t) = self.writing_since {
+            if now.saturating_duration_since(t) > self.cfg.write_timeout {
+                return Err(CloseReason::WriteStalled(self.cfg.write_timeout));
+            }
+            return Ok(false);
+        }
+        if self.out.is_empty()
+            && now.saturating_duration_since(self.last_send) > self.cfg.keepalive_interval
+        {
+            wire::encode(&Message::KeepAlive, &mut self.out);
+            self.last_send = now;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+}
+
+/// Encodes the machine's actions into the control queue.
+fn apply(actions: &mut Actions, out: &mut Vec<u8>, r: &mut Received) -> Result<(), CloseReason> {
+    let mut close = None;
+    for a in actions.drain() {
+        match a {
+            Action::Send(m) => {
+                wire::encode(&m.as_message(), out);
+                r.wake = true;
+            }
+            Action::Serve => r.serve = true,
+            Action::Disconnect(reason) => close = close.or(Some(reason)),
+        }
+    }
+    match close {
+        Some(reason) => Err(CloseReason::Peer(reason)),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::OwnedMessage;
+
+    const IH: [u8; 20] = [7; 20];
+
+    fn view() -> TorrentView {
+        TorrentView {
+            info_hash: IH,
+            num_pieces: 4,
+            piece_length: 32768,
+            last_piece_length: 1000,
+            seed: true,
+        }
+    }
+
+    fn their_handshake(fast: bool) -> Vec<u8> {
+        let mut hs = Handshake::new(IH, [9; 20]);
+        if !fast {
+            hs.reserved = [0, 0, 0, 0, 0, 0x10, 0, 0];
+        }
+        hs.to_bytes().to_vec()
+    }
+
+    fn decode_all(mut b: &[u8]) -> Vec<OwnedMessage> {
+        let mut v = Vec::new();
+        while let Ok(Some((m, n))) = wire::decode(b, MAX_MESSAGE_LEN) {
+            v.push(m.to_owned_message());
+            b = &b[n..];
+        }
+        assert!(b.is_empty(), "{} trailing bytes", b.len());
+        v
+    }
+
+    fn established(cfg: SessionConfig, t0: Instant) -> Session {
+        let mut s = Session::new(cfg, Some("127.0.0.2".parse().unwrap()), t0);
+        let r = s.receive(&their_handshake(true)).unwrap();
+        assert_eq!(r.consumed, HANDSHAKE_LEN);
+        assert_eq!(s.phase(), Phase::AwaitTorrent);
+        s.attach(&view(), &[]);
+        s
+    }
+
+    #[test]
+    fn opening_is_handshake_then_have_all_then_ext_handshake() {
+        let t0 = Instant::now();
+        let mut s = established(SessionConfig::new([1; 20], 6881, 50), t0);
+        let mut out = Vec::new();
+        s.take_control(&mut out);
+        let hs = wire::decode_handshake(&out).unwrap().unwrap();
+        assert_eq!(hs.info_hash, IH);
+        assert_eq!(hs.peer_id, [1; 20]);
+        assert!(hs.supports_fast() && hs.supports_extensions());
+        let msgs = decode_all(&out[HANDSHAKE_LEN..]);
+        assert_eq!(msgs[0], OwnedMessage::HaveAll);
+        let OwnedMessage::Extended { id: 0, payload } = &msgs[1] else {
+            panic!("second message is {:?}", msgs[1]);
+        };
+        let ext = ExtHandshake::decode(payload).unwrap();
+        assert_eq!(ext.reqq, Some(50));
+        assert_eq!(ext.p, Some(6881));
+        assert_eq!(ext.yourip, Some("127.0.0.2".parse().unwrap()));
+        assert_eq!(msgs.len(), 2);
+    }
+
+    #[test]
+    fn handshake_in_pieces_and_garbage() {
+        let t0 = Instant::now();
+        let mut s = Session::new(SessionConfig::new([1; 20], 1, 10), None, t0);
+        let hs = their_handshake(true);
+        assert_eq!(s.receive(&hs[..30]).unwrap().consumed, 0);
+        assert_eq!(s.receive(&hs).unwrap().consumed, HANDSHAKE_LEN);
+        let mut bad = Session::new(SessionConfig::new([1; 20], 1, 10), None, t0);
+        assert!(matches!(
+            bad.receive(
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n0123456789012345678901234567890123456789"
+            ),
+            Err(CloseReason::BadHandshake(_))
+        ));
+    }
+
+    #[test]
+    fn control_queue_stops_decoding_at_high_water() {
+        let t0 = Instant::now();
+        let mut cfg = SessionConfig::new([1; 20], 1, 10);
+        cfg.out_high_water = 1000;
+        let mut s = established(cfg.clone(), t0);
+        assert!(s.set_choked(false));
+        let mut sink = Vec::new();
+        s.take_control(&mut sink);
+        // A peer that never reads sends valid REQUEST + CANCEL pairs: with FAST each cancelled
+        // request is answered with a REJECT, and none is a strike.
+        let mut input = Vec::new();
+        for i in 0..10_000u32 {
+            let b = BlockRef {
+                piece: i % 4,
+                begin: 0,
+                len: 1000,
+            };
+            wire::encode(&Message::Request(b), &mut input);
+            wire::encode(&Message::Cancel(b), &mut input);
+        }
+        let mut consumed = 0;
+        let mut rounds = 0;
+        loop {
+            let r = s.receive(&input[consumed..]).unwrap_or_else(|e| {
+                panic!("closed after {consumed} bytes: {e}");
+            });
+            consumed += r.consumed;
+            assert!(
+                s.control_len() <= cfg.max_control_bytes(4),
+                "control queue {} above its bound",
+                s.control_len()
+            );
+            if !r.paused {
+                break;
+            }
+            assert!(!s.wants_input());
+            rounds += 1;
+            // The writer drains the queue.
+            let mut b = Vec::new();
+            s.take_control(&mut b);
+            assert!(s.wants_input());
+            if rounds > 1000 {
+                panic!("no progress");
+            }
+        }
+        assert!(
+            rounds >= 10,
+            "the queue reached its high-water mark {rounds} times"
+        );
+        assert_eq!(
+            consumed,
+            input.len(),
+            "every valid message was decoded in the end"
+        );
+    }
+
+    #[test]
+    fn choked_request_flood_disconnects_and_queue_stays_bounded() {
+        let t0 = Instant::now();
+        let mut cfg = SessionConfig::new([1; 20], 1, 10);
+        cfg.out_high_water = 100;
+        let mut s = established(cfg.clone(), t0);
+        let mut input = Vec::new();
+        for _ in 0..100u32 {
+            wire::encode(
+                &Message::Request(BlockRef {
+                    piece: 0,
+                    begin: 0,
+                    len: 1,
+                }),
+                &mut input,
+            );
+        }
+        let mut consumed = 0;
+        let err = loop {
+            match s.receive(&input[consumed..]) {
+                Ok(r) => {
+                    assert!(s.control_len() <= cfg.max_control_bytes(4));
+                    consumed += r.consumed;
+                    assert!(r.paused, "all input decoded without a disconnect");
+                    let mut b = Vec::new();
+                    s.take_control(&mut b);
+                }
+                Err(e) => break e,
+            }
+        };
+        assert!(err.is_misbehaviour());
+        assert!(matches!(
+            err,
+            CloseReason::Peer(DisconnectReason::TooManyBadRequests(_))
+        ));
+    }
+
+    #[test]
+    fn timers() {
+        let t0 = Instant::now();
+        let cfg = SessionConfig::new([1; 20], 1, 10);
+        let mut s = Session::new(cfg.clone(), None, t0);
+        assert_eq!(s.on_tick(t0 + Duration::from_secs(5)), Ok(false));
+        assert!(matches!(
+            s.on_tick(t0 + cfg.handshake_timeout + Duration::from_secs(1)),
+            Err(CloseReason::HandshakeTimeout(_))
+        ));
+
+        let mut s = established(cfg.clone(), t0);
+        let mut b = Vec::new();
+        s.take_control(&mut b);
+        // Keep-alive after the interval of quiet; not again right after.
+        let k = t0 + cfg.keepalive_interval + Duration::from_secs(1);
+        s.on_read(k);
+        assert_eq!(s.on_tick(k), Ok(true));
+        assert_eq!(s.control_len(), 4);
+        assert_eq!(s.on_tick(k), Ok(false));
+        // A stalled write closes after the write timeout, long before the idle timeout.
+        s.on_write_start(k);
+        assert_eq!(s.on_tick(k + Duration::from_secs(1)), Ok(false));
+        assert!(matches!(
+            s.on_tick(k + cfg.write_timeout + Duration::from_secs(1)),
+            Err(CloseReason::WriteStalled(_))
+        ));
+        s.on_write_done(k + Duration::from_secs(2));
+        // Silence closes after the idle timeout.
+        assert!(matches!(
+            s.on_tick(k + cfg.idle_timeout + Duration::from_secs(1)),
+            Err(CloseReason::Idle(_))
+        ));
+    }
+}

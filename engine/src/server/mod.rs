@@ -1,0 +1,19 @@
+//! The data plane. One shard per core, each owning its listener, its peers, its buffer pool and
+//! its storage ring; shards share only the read-mostly registry.
+//!
+//! Dependencies run one way: `shard` (threads, accept loop, ticker) -> `conn` (the connection
+//! driver) -> `serve` (reading a batch of blocks) and `state` (the shard's state and each peer's
+//! slot) -> `registry`. Nothing below imports what is above it.
+//! - [`registry`]: the torrents every shard serves (atomic piece bits, counters).
+//! - [`state`]: a shard's state, its configuration, and one peer's slot.
+//! - [`serve`]: reading a batch of requested blocks into pool buffers through a `BlockStore`.
+//! - [`conn`]: the connection driver: the reader and writer tasks of one peer.
+//! - [`shard`]: shard threads, listeners, accept loop, housekeeping ticker.
+//! - [`limits`]: process resource limits (descriptors, locked memory) and how they are split.
+
+pub mod conn;
+pub mod limits;
+pub mod registry;
+pub mod serve;
+pub mod shard;
+pub mod state;

@@ -1,0 +1,224 @@
+//! Reading a batch of requested blocks into pool buffers, framed as PIECE messages.
+//!
+//! The writer of a connection hands a batch of requests here: requests that may not be served
+//! are refused (REJECT with FAST), pieces not yet checked are verified first (`--skip-check`),
+//! one pool buffer is taken per block (waiting for the first: backpressure), contiguous blocks
+//! are read with one vectored read, the reads of a batch go to the storage ring together, and
+//! each buffer gets its 13-byte PIECE header written into its headroom.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+
+use tokio_uring::buf::Slice;
+use uring_bt_proto::wire::BlockRef;
+use uring_bt_storage::pool::PoolBuf;
+use uring_bt_storage::store::{BlockStore, StorageError, TorrentId};
+use uring_bt_storage::uring::UringStore;
+
+use crate::server::registry::Torrent;
+use crate::server::state::Shard;
+
+/// Refuses a request we cannot serve (REJECT with FAST, silently without).
+pub fn refuse(shard: &Shard, key: usize, torrent: &Torrent, r: BlockRef) {
+    torrent
+        .stats
+        .requests_rejected
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Some(slot) = shard.peers.borrow_mut().get_mut(key) {
+        if slot.session.refuse(r) {
+            slot.wake.notify_one();
+        }
+    }
+}
+
+/// Lazy verification (`--skip-check`): hashes piece `p` the first time it is served.
+async fn ensure_verified(shard: &Shard, torrent: &Torrent, p: u32) -> bool {
+    if torrent.verified.get(p) {
+        return true;
+    }
+    if torrent.failed.get(p) {
+        return false;
+    }
+    let tid = shard.tids[torrent.index];
+    match shard.store.hash_piece(tid, p).await {
+        Ok(h) if Some(&h) == torrent.piece_hashes.get(p as usize) => {
+            torrent.verified.set(p);
+            true
+        }
+        Ok(_) => {
+            if torrent.failed.set(p) {
+                torrent
+                    .stats
+                    .pieces_failed
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(torrent = %torrent.name, piece = p, "piece failed its hash check; it will not be served");
+            }
+            false
+        }
+        Err(e) => {
+            tracing::warn!(torrent = %torrent.name, piece = p, "cannot read piece to verify it: {e}");
+            false
+        }
+    }
+}
+
+/// A batch of blocks read and framed, ready to send.
+pub struct Ready {
+    pub frames: Vec<Slice<PoolBuf>>,
+    pub served: Vec<BlockRef>,
+    pub payload: u64,
+}
+
+/// Reads the blocks of `reqs` together into pool buffers (one ring submission) and frames them.
+/// Requests that may not be served are refused; requests left without a free buffer stay in
+/// `reqs` for the next batch.
+pub async fn read_batch(
+    shard: &Rc<Shard>,
+    key: usize,
+    torrent: &Torrent,
+    reqs: &mut Vec<BlockRef>,
+) -> Ready {
+    let tid = shard.tids[torrent.index];
+    let mut ready = Ready {
+        frames: Vec::with_capacity(reqs.len()),
+        served: Vec::with_capacity(reqs.len()),
+        payload: 0,
+    };
+    // Refuse what we may not send; verify lazily what was not checked up front.
+    let mut i = 0;
+    while i < reqs.len() {
+        let r = reqs[i];
+        if !torrent.can_serve(r.piece) || !ensure_verified(shard, torrent, r.piece).await {
+            refuse(shard, key, torrent, r);
+            reqs.swap_remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    if reqs.is_empty() {
+        return ready;
+    }
+    // One buffer per block: wait for the first (backpressure), take the rest only if free.
+    let mut bufs = Vec::with_capacity(reqs.len());
+    bufs.push(shard.pool.take().await);
+    while bufs.len() < reqs.len() {
+        match shard.pool.try_take() {
+            Some(b) => bufs.push(b),
+            None => break,
+        }
+    }
+    let n = bufs.len();
+    let results = read_all(&shard.store, tid, &reqs[..n], bufs, shard.cfg.coalesce).await;
+    for (r, (res, buf)) in reqs.drain(..n).zip(results) {
+        match res {
+            Ok(()) => {
+                ready.payload += u64::from(r.len);
+                ready.frames.push(buf.frame_piece(r.piece, r.begin));
+                ready.served.push(r);
+            }
+            Err(e) => {
+                report_storage_error(torrent, &e);
+                refuse(shard, key, torrent, r);
+            }
+        }
+    }
+    ready
+}
+
+fn report_storage_error(torrent: &Torrent, e: &StorageError) {
+    tracing::warn!(torrent = %torrent.name, "storage: {e}");
+}
+
+/// Runs the block reads of one batch together, so the storage ring submits them in one call.
+/// Requests that follow each other in the piece (`begin` right after the previous block's end),
+/// up to `coalesce` of them, are read with one vectored read.
+async fn read_all(
+    store: &Rc<UringStore>,
+    tid: TorrentId,
+    reqs: &[BlockRef],
+    bufs: Vec<PoolBuf>,
+    coalesce: usize,
+) -> Vec<BlockRead> {
+    let coalesce = coalesce.clamp(1, MAX_RUN);
+    // The futures live in one Vec that is never resized while they exist, so each stays at its
+    // address until it completes and is dropped in place: no box per run.
+    let mut futs = Vec::with_capacity(reqs.len());
+    let mut bufs = bufs.into_iter();
+    let mut i = 0;
+    while i < reqs.len() {
+        let mut j = i + 1;
+        while j < reqs.len()
+            && j - i < coalesce
+            && reqs[j].piece == reqs[j - 1].piece
+            && u64::from(reqs[j].begin) == u64::from(reqs[j - 1].begin) + u64::from(reqs[j - 1].len)
+        {
+            j += 1;
+        }
+        let run_bufs: Vec<PoolBuf> = bufs.by_ref().take(j - i).collect();
+        futs.push(Some(read_run(store, tid, &reqs[i..j], run_bufs)));
+        i = j;
+    }
+    let mut out: Vec<Option<Vec<BlockRead>>> = (0..futs.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (slot, o) in futs.iter_mut().zip(out.iter_mut()) {
+            if let Some(f) = slot.as_mut() {
+                // SAFETY: the future is never moved: `futs` is not resized or reallocated while
+                // any element is `Some`, and a finished future is dropped in place below.
+                let f = unsafe { Pin::new_unchecked(f) };
+                match f.poll(cx) {
+                    Poll::Ready(v) => {
+                        *o = Some(v);
+                        *slot = None;
+                    }
+                    Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().flatten().flatten().collect()
+}
+
+/// One block's read: its outcome and its buffer.
+type BlockRead = (Result<(), StorageError>, PoolBuf);
+
+/// The most blocks one vectored read covers.
+const MAX_RUN: usize = 64;
+
+/// Reads one run of contiguous blocks: one vectored read, or block by block when the run fails
+/// (to serve the blocks that can be served and refuse only the others).
+async fn read_run(
+    store: &UringStore,
+    tid: TorrentId,
+    reqs: &[BlockRef],
+    mut bufs: Vec<PoolBuf>,
+) -> Vec<BlockRead> {
+    let mut out = Vec::with_capacity(bufs.len());
+    if bufs.len() > 1 {
+        let mut lens = [0u32; MAX_RUN];
+        for (l, r) in lens.iter_mut().zip(reqs) {
+            *l = r.len;
+        }
+        let n = bufs.len().min(MAX_RUN);
+        let (res, back) = store
+            .read_blocks(tid, reqs[0].piece, reqs[0].begin, &lens[..n], bufs)
+            .await;
+        if res.is_ok() {
+            out.extend(back.into_iter().map(|b| (Ok(()), b)));
+            return out;
+        }
+        bufs = back;
+    }
+    for (r, b) in reqs.iter().zip(bufs) {
+        out.push(store.read_block(tid, r.piece, r.begin, r.len, b).await);
+    }
+    out
+}
