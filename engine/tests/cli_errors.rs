@@ -1,5 +1,5 @@
-//! CLI: help, usage errors, and every refusal of a bad .torrent: exit code 2 and exactly one
-//! `error:` line on stderr naming the problem, no panic.
+//! CLI: help, usage errors (`seed`'s own too), and every refusal of a bad .torrent: exit code 2
+//! and exactly one `error:` line on stderr naming the problem, no panic. Bad data is exit code 1.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -340,4 +340,174 @@ fn non_canonical_info_keeps_the_raw_hash() {
     assert_eq!(j["info_hash"], want.as_str());
     assert_eq!(j["name"], "x.bin");
     assert_eq!(j["trackers"], serde_json::json!([["http://t/a/ann"]]));
+}
+
+/// Runs `uring-bt seed` (always on 127.0.0.1:0, never touching resume data) and returns its
+/// output. A seeder that starts serving instead of refusing is killed (by PID) after 60 s and
+/// the test fails, rather than hanging.
+fn seed(dir: &Path, args: &[&str]) -> Output {
+    let out = dir.join("seed.out");
+    let err = dir.join("seed.err");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_uring-bt"))
+        .arg("seed")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--no-resume"])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .expect("run uring-bt seed");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "seed {args:?} did not exit: {}",
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out).unwrap(),
+        stderr: std::fs::read(&err).unwrap(),
+    }
+}
+
+/// A directory holding `data/f.bin` (100 KB) and `f.torrent` of it, made by `uring-bt create`.
+fn seed_fixture() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let content: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    std::fs::write(data.join("f.bin"), content).unwrap();
+    let o = run(&[
+        "create",
+        data.join("f.bin").to_str().unwrap(),
+        "-o",
+        dir.path().join("f.torrent").to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "create: {}", stderr(&o));
+    dir
+}
+
+#[test]
+fn seed_usage_errors_exit_2_with_one_line() {
+    let dir = seed_fixture();
+    let d = dir.path();
+    let t = d.join("f.torrent");
+    let t = t.to_str().unwrap();
+    let data = d.join("data");
+    let data = data.to_str().unwrap();
+    let file = d.join("data/f.bin");
+    let file = file.to_str().unwrap();
+    let missing_dir = d.join("nodir");
+    let missing_dir = missing_dir.to_str().unwrap();
+    std::fs::write(d.join("garbage.torrent"), b"hello world").unwrap();
+    let garbage = d.join("garbage.torrent");
+    let garbage = garbage.to_str().unwrap();
+    let missing_torrent = d.join("missing.torrent");
+    let missing_torrent = missing_torrent.to_str().unwrap();
+    let missing_path = d.join("nope");
+    let missing_path = missing_path.to_str().unwrap();
+    for (args, want) in [
+        (
+            &[t, "--data", data, "--shards", "0"][..],
+            "--shards must be between 1 and 256",
+        ),
+        (
+            &[t, "--data", data, "--shards", "257"],
+            "--shards must be between 1 and 256",
+        ),
+        (
+            &[t, "--data", data, "--buffers", "0"],
+            "--buffers must be between 1 and 16384",
+        ),
+        (
+            &[t, "--data", data, "--reqq", "0"],
+            "--reqq must be between 1 and 100000",
+        ),
+        (
+            &[t, "--data", data, "--batch", "100"],
+            "--batch must be between 1 and 64",
+        ),
+        (
+            &[t, "--data", data, "--coalesce", "0"],
+            "--coalesce must be between 1 and 64",
+        ),
+        (
+            &[t, "--data", data, "--upload-slots", "0"],
+            "--upload-slots must be at least 1",
+        ),
+        (
+            &[t, "--data", data, "--max-open-files", "1000000000"],
+            "leaves no descriptors for peers",
+        ),
+        (&[t], "--data DIR is required with .torrent files"),
+        (&[t, "--data", file], "f.bin: not a directory"),
+        (&[t, "--data", missing_dir], "nodir: not a directory"),
+        (
+            &[file, d.to_str().unwrap()],
+            "give either .torrent files, or one file or directory",
+        ),
+        (&[missing_path], "cannot seed"),
+        (
+            &[garbage, "--data", data],
+            "garbage.torrent: malformed bencode",
+        ),
+        (
+            &[missing_torrent, "--data", data],
+            "missing.torrent: No such file",
+        ),
+    ] {
+        let o = seed(d, args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(o.stdout.is_empty(), "{args:?}: nothing on stdout");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("error: "), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: want `{want}` in: {err}");
+        assert!(!err.contains("panic"), "{args:?}: {err}");
+    }
+    let o = seed(d, &[missing_path]);
+    assert!(stderr(&o).contains("nope: No such file"), "{}", stderr(&o));
+}
+
+#[test]
+fn seed_bad_data_exits_1() {
+    let dir = seed_fixture();
+    let d = dir.path();
+    // Same size, other bytes: every piece fails its check.
+    std::fs::write(d.join("data/f.bin"), vec![0u8; 100_000]).unwrap();
+    let o = seed(
+        d,
+        &[
+            d.join("f.torrent").to_str().unwrap(),
+            "--data",
+            d.join("data").to_str().unwrap(),
+        ],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(o.stdout.is_empty(), "never listened: {err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("error: ") && l.contains("7 of 7 pieces are bad or missing")),
+        "{err}"
+    );
+    // Missing data is bad data too, not an input error.
+    std::fs::remove_file(d.join("data/f.bin")).unwrap();
+    let o = seed(
+        d,
+        &[
+            d.join("f.torrent").to_str().unwrap(),
+            "--data",
+            d.join("data").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
 }

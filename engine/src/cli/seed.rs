@@ -19,7 +19,9 @@ use uring_bt_proto::metainfo::Metainfo;
 use uring_bt_proto::session::SessionConfig;
 use uring_bt_proto::wire::BLOCK_SIZE;
 
+use crate::cli::UsageError;
 use crate::control::status::{control_loop, human_bytes};
+use crate::server::affinity::{allowed_cpus, cpu_for_shard};
 use crate::server::limits::{fd_budget, raise_nofile};
 use crate::server::registry::{hex, Registry, Torrent};
 use crate::server::shard;
@@ -84,9 +86,17 @@ pub struct SeedArgs {
     /// Seconds a new connection has to complete its handshake.
     #[arg(long, default_value_t = 10, value_name = "SECS")]
     pub handshake_timeout: u64,
-    /// Seconds of silence (or of a stalled write) after which a peer is dropped.
+    /// Seconds of silence after which a peer is dropped.
     #[arg(long, default_value_t = 180, value_name = "SECS")]
     pub idle_timeout: u64,
+    /// Seconds a write to a peer may make no progress before the peer is dropped (it stopped
+    /// reading, and holds buffers).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub write_timeout: u64,
+    /// Bytes of control messages (REJECT, HAVE, keep-alive...) queued for one peer above which
+    /// we stop reading from it until they are written.
+    #[arg(long, default_value_t = uring_bt_proto::session::DEFAULT_OUT_HIGH_WATER, value_name = "BYTES")]
+    pub control_queue: usize,
     /// Where resume data lives (one file per torrent, named by info hash). Default:
     /// $XDG_STATE_HOME/uring-bt, else ~/.local/state/uring-bt.
     #[arg(long, value_name = "DIR")]
@@ -126,6 +136,11 @@ fn make_peer_id() -> [u8; 20] {
     id
 }
 
+/// A usage or input error: exit code 2 (see `cli::exit_code_for`).
+fn usage(msg: impl std::fmt::Display) -> anyhow::Error {
+    UsageError(msg.to_string()).into()
+}
+
 /// One torrent to seed, after loading.
 struct Loaded {
     meta: Metainfo,
@@ -141,12 +156,14 @@ fn is_torrent_file(p: &Path) -> bool {
 fn load_inputs(args: &SeedArgs) -> anyhow::Result<Vec<Loaded>> {
     let all_torrents = args.inputs.iter().all(|p| is_torrent_file(p));
     if all_torrents {
-        let data = args
-            .data
-            .clone()
-            .context("--data DIR is required with .torrent files (the content is at DIR/<name>)")?;
+        let data = args.data.clone().ok_or_else(|| {
+            usage("--data DIR is required with .torrent files (the content is at DIR/<name>)")
+        })?;
         if !data.is_dir() {
-            bail!("--data {}: not a directory", data.display());
+            return Err(usage(format_args!(
+                "--data {}: not a directory",
+                data.display()
+            )));
         }
         let mut out = Vec::new();
         for p in &args.inputs {
@@ -160,19 +177,21 @@ fn load_inputs(args: &SeedArgs) -> anyhow::Result<Vec<Loaded>> {
         return Ok(out);
     }
     if args.inputs.len() != 1 {
-        bail!("give either .torrent files, or one file or directory to make a torrent of");
+        return Err(usage(
+            "give either .torrent files, or one file or directory to make a torrent of",
+        ));
     }
     let path = &args.inputs[0];
     let path = path
         .canonicalize()
-        .with_context(|| format!("cannot seed {}", path.display()))?;
+        .map_err(|e| usage(format_args!("cannot seed {}: {e}", path.display())))?;
     let name = path
         .file_name()
-        .context("cannot seed a path without a name")?
+        .ok_or_else(|| usage("cannot seed a path without a name"))?
         .to_os_string();
     let root = path
         .parent()
-        .context("cannot seed a path without a parent directory")?
+        .ok_or_else(|| usage("cannot seed a path without a parent directory"))?
         .to_path_buf();
     let output = match &args.output {
         Some(o) => o.clone(),
@@ -204,26 +223,40 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let shards = args.shards.unwrap_or(cores);
     if shards == 0 || shards > 256 {
-        bail!("--shards must be between 1 and 256");
+        return Err(usage("--shards must be between 1 and 256"));
     }
     if args.buffers == 0 || args.buffers > 16384 {
-        bail!("--buffers must be between 1 and 16384 (io_uring registers at most 16384)");
+        return Err(usage(
+            "--buffers must be between 1 and 16384 (io_uring registers at most 16384)",
+        ));
     }
     if args.upload_slots == 0 {
-        bail!("--upload-slots must be at least 1");
+        return Err(usage("--upload-slots must be at least 1"));
     }
     if args.reqq == 0 || args.reqq > 100_000 {
-        bail!("--reqq must be between 1 and 100000");
+        return Err(usage("--reqq must be between 1 and 100000"));
     }
     if args.batch == 0 || args.batch > 64 {
-        bail!("--batch must be between 1 and 64");
+        return Err(usage("--batch must be between 1 and 64"));
     }
     if args.coalesce == 0 || args.coalesce > 64 {
-        bail!("--coalesce must be between 1 and 64");
+        return Err(usage("--coalesce must be between 1 and 64"));
     }
     let nofile = raise_nofile();
+    // Refusing --shards/--max-open-files under the open-file limit is a usage error too.
     let (max_peers, files_per_shard) =
-        fd_budget(nofile, shards, args.max_peers, args.max_open_files)?;
+        fd_budget(nofile, shards, args.max_peers, args.max_open_files)
+            .map_err(|e| usage(format_args!("{e:#}")))?;
+    // The CPUs shards are pinned to: those this process may use (`taskset`, a cgroup cpuset),
+    // read here on the main thread before any shard starts; shard i takes the i-th of them.
+    let allowed = if args.no_pin {
+        Vec::new()
+    } else {
+        allowed_cpus().unwrap_or_else(|e| {
+            tracing::warn!("cannot read this process's CPU affinity ({e}): shards run unpinned");
+            Vec::new()
+        })
+    };
 
     let loaded = load_inputs(&args)?;
     let state_dir = if args.no_resume {
@@ -277,12 +310,14 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     let mut session = SessionConfig::new(peer_id, 0, args.reqq);
     session.handshake_timeout = Duration::from_secs(args.handshake_timeout.max(1));
     session.idle_timeout = Duration::from_secs(args.idle_timeout.max(1));
+    session.write_timeout = Duration::from_secs(args.write_timeout.max(1));
+    session.out_high_water = args.control_queue.clamp(64, 16 << 20);
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(shards);
     let per_shard = |n: usize| n.div_ceil(shards).max(1);
     for (index, listener) in listeners.into_iter().enumerate() {
         let cfg = ShardConfig {
             index,
-            pin_cpu: (!args.no_pin).then_some(index % cores),
+            pin_cpu: cpu_for_shard(&allowed, index),
             max_peers: per_shard(max_peers),
             max_peers_per_torrent: per_shard(args.max_peers_per_torrent.min(max_peers)),
             buffers,

@@ -10,7 +10,9 @@
 //! - [`conn`]: the connection driver: the reader and writer tasks of one peer.
 //! - [`shard`]: shard threads, listeners, accept loop, housekeeping ticker.
 //! - [`limits`]: process resource limits (descriptors, locked memory) and how they are split.
+//! - [`affinity`]: the CPUs the process may use, and pinning shard `i` to the `i`-th of them.
 
+pub mod affinity;
 pub mod conn;
 pub mod limits;
 pub mod registry;

@@ -49,21 +49,6 @@ pub fn bind_listeners(addr: SocketAddr, n: usize) -> io::Result<(Vec<TcpListener
     Ok((out, bound))
 }
 
-/// Pins the calling thread to `cpu`.
-fn pin_to_cpu(cpu: usize) -> io::Result<()> {
-    // SAFETY: cpu_set_t is plain data; CPU_ZERO/CPU_SET write inside it, and sched_setaffinity
-    // reads `size_of::<cpu_set_t>()` bytes of it for the calling thread (pid 0).
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_ZERO(&mut set);
-        libc::CPU_SET(cpu, &mut set);
-        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
 /// Starts a shard on a thread of its own. `ready` receives `Ok` once the shard serves, or the
 /// reason it could not start.
 pub fn spawn(
@@ -76,9 +61,7 @@ pub fn spawn(
         .name(format!("shard-{}", cfg.index))
         .spawn(move || {
             if let Some(cpu) = cfg.pin_cpu {
-                if let Err(e) = pin_to_cpu(cpu) {
-                    tracing::warn!(shard = cfg.index, cpu, "could not pin shard: {e}");
-                }
+                crate::server::affinity::pin_shard_thread(cfg.index, cpu);
             }
             let entries = cfg.ring_entries.max(64);
             let res = tokio_uring::builder().entries(entries).start(run(
@@ -120,6 +103,8 @@ async fn run(
     let shard = Rc::new(Shard {
         chokers: RefCell::new((0..n).map(|_| Choker::new(cfg.upload_slots)).collect()),
         torrent_peers: RefCell::new(vec![0; n]),
+        fill_pending: RefCell::new(vec![false; n]),
+        fill_wake: tokio::sync::Notify::new(),
         peers: RefCell::new(Slab::with_capacity(cfg.max_peers.min(4096))),
         counters: ShardCounters::default(),
         cfg,
@@ -130,6 +115,7 @@ async fn run(
     });
     let listener = tokio_uring::net::TcpListener::from_std(listener);
     tokio_uring::spawn(ticker(shard.clone()));
+    tokio_uring::spawn(crate::server::state::filler(shard.clone()));
     let _ = ready.try_send(Ok(()));
     accept_loop(shard, listener).await;
     Ok(())
