@@ -672,3 +672,265 @@ fn several_torrents_in_one_process() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile peers: memory and descriptors stay within what the configuration implies.
+
+/// A number from /proc/<pid>/status (kB), e.g. "VmHWM".
+fn proc_status_kib(pid: u32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Abuse {
+    /// Valid REQUEST + CANCEL pairs: with FAST each is answered by a REJECT. Never reads.
+    RequestCancel,
+    /// Valid REQUESTs for every block, again and again. Never reads a PIECE.
+    RequestNeverRead,
+    /// INTERESTED / NOT INTERESTED as fast as it can. Never reads.
+    InterestFlip,
+}
+
+/// A hostile peer: handshake, then `abuse` until `until` or until the seeder closes the
+/// connection (a write fails). Its receive buffer is small and it never reads. Returns whether
+/// the seeder closed it.
+fn hostile(addr: SocketAddr, info_hash: [u8; 20], abuse: Abuse, until: Instant) -> bool {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&addr.into()).unwrap();
+    let mut s: TcpStream = sock.into();
+    let mut out = Vec::new();
+    wire::encode_handshake(
+        &Handshake::new(info_hash, *b"-XX0001-hostilepeer!"),
+        &mut out,
+    );
+    wire::encode(&Message::Interested, &mut out);
+    s.write_all(&out).unwrap();
+    // Read until our UNCHOKE (so the abuse is valid, not requests while choked), then never
+    // read again.
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut seen = Vec::new();
+    let unchoke = [0u8, 0, 0, 1, 1];
+    while !seen.windows(5).any(|w| w == unchoke) {
+        let mut b = [0u8; 4096];
+        match s.read(&mut b) {
+            Ok(0) | Err(_) => panic!("hostile peer closed before its UNCHOKE"),
+            Ok(n) => seen.extend_from_slice(&b[..n]),
+        }
+    }
+    s.set_nonblocking(true).unwrap();
+    let mut chunk = Vec::new();
+    for i in 0..512u32 {
+        let b = BlockRef {
+            piece: i % 64,
+            begin: 0,
+            len: 16384,
+        };
+        match abuse {
+            Abuse::RequestCancel => {
+                wire::encode(&Message::Request(b), &mut chunk);
+                wire::encode(&Message::Cancel(b), &mut chunk);
+            }
+            Abuse::RequestNeverRead => wire::encode(&Message::Request(b), &mut chunk),
+            Abuse::InterestFlip => {
+                wire::encode(&Message::NotInterested, &mut chunk);
+                wire::encode(&Message::Interested, &mut chunk);
+            }
+        }
+    }
+    let mut at = 0;
+    while Instant::now() < until {
+        match s.write(&chunk[at..]) {
+            Ok(n) => at = (at + n) % chunk.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            Err(_) => return true, // reset or broken pipe: the seeder dropped us
+        }
+    }
+    false
+}
+
+/// An honest peer downloads every piece (16 requests in flight) and checks each hash.
+fn download_all(addr: SocketAddr, f: &Fixture) -> Duration {
+    let started = Instant::now();
+    let (mut p, _) = Scripted::connect(addr, f.info_hash, true);
+    p.recv().unwrap();
+    p.unchoked();
+    let n = f.content.len().div_ceil(f.piece_length as usize) as u32;
+    let blocks: Vec<BlockRef> = (0..n)
+        .flat_map(|piece| {
+            let size = (f.content.len() - piece as usize * f.piece_length as usize)
+                .min(f.piece_length as usize) as u32;
+            (0..size.div_ceil(16384)).map(move |k| BlockRef {
+                piece,
+                begin: k * 16384,
+                len: (size - k * 16384).min(16384),
+            })
+        })
+        .collect();
+    let mut got = vec![0u8; f.content.len()];
+    let mut next = 0;
+    let mut done = 0;
+    while done < blocks.len() {
+        while next < blocks.len() && next - done < 16 {
+            p.send(&Message::Request(blocks[next]));
+            next += 1;
+        }
+        match p.recv().expect("honest peer disconnected") {
+            OwnedMessage::Piece { piece, begin, data } => {
+                let off = piece as usize * f.piece_length as usize + begin as usize;
+                got[off..off + data.len()].copy_from_slice(&data);
+                done += 1;
+            }
+            OwnedMessage::Reject(b) => panic!("honest request refused: {b:?}"),
+            _ => {}
+        }
+    }
+    for piece in 0..n {
+        let start = piece as usize * f.piece_length as usize;
+        let end = (start + f.piece_length as usize).min(f.content.len());
+        assert_eq!(
+            <[u8; 20]>::from(Sha1::digest(&got[start..end])),
+            piece_hash(f, piece),
+            "piece {piece} corrupt"
+        );
+    }
+    started.elapsed()
+}
+
+/// The per-process memory bound of `docs/architecture.md` ("Memory bounds"), in KiB, for one
+/// shard of `buffers` pool buffers and `peers` connections of a torrent with `num_pieces`
+/// pieces, over the seeder's resident size before any peer connected (`base`): every pool
+/// buffer (20 KiB), and per peer its receive buffer (2 x (max message + 4 + 4 KiB)), two
+/// control buffers of at most 2 x max_control_bytes each (capacity doubling), its request queue
+/// (2 x (2 x reqq + 1) x 12 bytes) and maps (2 x reqq x 48 bytes), and 16 KiB for its slot,
+/// session and tasks; plus the allocator's slack (4 MiB: arenas and fragmentation).
+fn memory_bound_kib(base: u64, buffers: u64, peers: u64, num_pieces: u64, reqq: u64) -> u64 {
+    let max_msg = (16384 + 9).max(1 + num_pieces.div_ceil(8));
+    let max_control = 16384 + (17 * reqq + 5).max(68 + 5 + num_pieces.div_ceil(8) + 128 + 16);
+    let per_peer = 2 * (max_msg + 4 + 4096)
+        + 2 * 2 * max_control
+        + 2 * (2 * reqq + 1) * 12
+        + 2 * reqq * 48
+        + 16384;
+    base + buffers * 20 + peers * per_peer.div_ceil(1024) + 4096
+}
+
+#[test]
+fn peers_that_never_read_cannot_grow_the_seeder_and_an_honest_peer_is_served() {
+    let f = fixture(8 << 20); // 256 pieces of 32 KiB
+    let (seeder, addr) = start_seeder(
+        &f,
+        &["--buffers", "64", "--write-timeout", "4", "--reqq", "2000"],
+    );
+    let pid = seeder.0.id();
+    // Alone, the honest download takes this long.
+    let alone = download_all(addr, &f);
+    let base = proc_status_kib(pid, "VmRSS");
+    let until = Instant::now() + Duration::from_secs(12);
+    let abuses = [
+        Abuse::RequestCancel,
+        Abuse::RequestCancel,
+        Abuse::RequestNeverRead,
+        Abuse::RequestNeverRead,
+        Abuse::InterestFlip,
+        Abuse::InterestFlip,
+    ];
+    let hostiles: Vec<_> = abuses
+        .iter()
+        .map(|&a| {
+            let ih = f.info_hash;
+            std::thread::spawn(move || hostile(addr, ih, a, until))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    // An honest peer beside them is served in full, with correct bytes.
+    let beside = download_all(addr, &f);
+    let dropped: Vec<bool> = hostiles.into_iter().map(|h| h.join().unwrap()).collect();
+    let hwm = proc_status_kib(pid, "VmHWM");
+    let bound = memory_bound_kib(base, 64, abuses.len() as u64 + 1, 256, 2000);
+    eprintln!(
+        "honest download alone {alone:?}, beside {} hostile peers {beside:?}; seeder RSS before \
+         {base} KiB, peak {hwm} KiB (bound {bound} KiB); hostile peers dropped: {dropped:?}",
+        abuses.len()
+    );
+    assert!(
+        hwm <= bound,
+        "peak RSS {hwm} KiB above the documented bound {bound} KiB"
+    );
+    // The peers that stopped reading stalled our writes and were dropped by the write timeout
+    // (4 s), well before the 12 s they kept going.
+    for (abuse, d) in abuses.iter().zip(&dropped) {
+        if !matches!(abuse, Abuse::InterestFlip) {
+            assert!(*d, "{abuse:?} peer was never dropped");
+        }
+    }
+    assert!(
+        beside < alone * 10 + Duration::from_secs(5),
+        "honest peer slowed from {alone:?} to {beside:?}"
+    );
+}
+
+#[test]
+fn connection_flood_and_slowloris_are_bounded_by_max_peers_and_the_handshake_timeout() {
+    let f = fixture(1 << 20);
+    let (seeder, addr) = start_seeder(&f, &["--max-peers", "40", "--handshake-timeout", "2"]);
+    let pid = seeder.0.id();
+    let fds_idle = open_fds(pid);
+    // 300 connections as fast as we can; each sends half a handshake and then nothing.
+    let mut conns = Vec::new();
+    for _ in 0..300 {
+        match TcpStream::connect(addr) {
+            Ok(mut s) => {
+                let _ = s.write_all(&[19u8; 30]);
+                conns.push(s);
+            }
+            Err(e) => panic!("connect failed: {e}"),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let fds_flood = open_fds(pid);
+    assert!(
+        fds_flood <= fds_idle + 40,
+        "seeder holds {fds_flood} descriptors (idle {fds_idle}, --max-peers 40)"
+    );
+    // Every half-handshake connection is closed by the handshake timeout.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for s in &mut conns {
+        s.set_read_timeout(Some(
+            deadline.saturating_duration_since(Instant::now()) + Duration::from_millis(10),
+        ))
+        .unwrap();
+        let mut b = [0u8; 16];
+        match s.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() != std::io::ErrorKind::WouldBlock => {} // reset
+            other => panic!("slowloris connection still open: {other:?}"),
+        }
+    }
+    drop(conns);
+    // The seeder notices the closes on its next reads; give it a few seconds on a busy machine.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open_fds(pid) > fds_idle + 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        open_fds(pid) <= fds_idle + 1,
+        "seeder still holds {} descriptors (idle {fds_idle})",
+        open_fds(pid)
+    );
+    // And an honest peer is served afterwards.
+    download_all(addr, &f);
+}

@@ -1,23 +1,41 @@
-//! Sans-IO end-to-end: scripted peers talk to a miniature seeder built from `wire`, `peer` and
-//! `choker` exactly as the connection driver wires them (bytes in, decode in arbitrary chunks,
-//! state machine, choker, serve, encode, bytes out). No sockets: every byte is accounted for.
+//! Sans-IO end-to-end: scripted peers talk to a miniature seeder whose every connection is the
+//! production `Session` (the code the connection driver runs: handshake, opening, decoding in
+//! arbitrary chunks, the peer state machine, the bounded control queue), with the production
+//! choker. The harness only moves bytes, as the driver does: what the session consumed leaves
+//! the inbox, control bytes go out before the blocks of a batch, and a block is served as
+//! header + data. No sockets: every byte is accounted for.
 
 use std::time::{Duration, Instant};
 
 use uring_bt_proto::choker::{Choker, ChokerPeer};
-use uring_bt_proto::peer::{Action, Actions, DisconnectReason, Peer, PeerConfig};
+use uring_bt_proto::peer::{DisconnectReason, PeerConfig};
+use uring_bt_proto::session::{CloseReason, Phase, Session, SessionConfig, TorrentView};
 use uring_bt_proto::wire::{
-    self, BlockRef, ExtHandshake, Handshake, Message, OwnedMessage, BLOCK_SIZE, HANDSHAKE_LEN,
-    MAX_MESSAGE_LEN,
+    self, BlockRef, Handshake, Message, OwnedMessage, BLOCK_SIZE, HANDSHAKE_LEN, MAX_MESSAGE_LEN,
 };
 
 const NUM_PIECES: u32 = 6;
 const PIECE_LEN: u32 = 32768;
 const LAST_LEN: u32 = 10_000;
 const INFO_HASH: [u8; 20] = [0xAB; 20];
+const REQQ: u32 = 50;
 
 fn cfg() -> PeerConfig {
-    PeerConfig::new(NUM_PIECES, PIECE_LEN, LAST_LEN, 50)
+    PeerConfig::new(NUM_PIECES, PIECE_LEN, LAST_LEN, REQQ)
+}
+
+fn session_cfg() -> SessionConfig {
+    SessionConfig::new([1; 20], 6881, REQQ)
+}
+
+fn view() -> TorrentView {
+    TorrentView {
+        info_hash: INFO_HASH,
+        num_pieces: NUM_PIECES,
+        piece_length: PIECE_LEN,
+        last_piece_length: LAST_LEN,
+        seed: true,
+    }
 }
 
 /// The content byte at `offset` of piece `p` (deterministic).
@@ -29,9 +47,22 @@ fn content(p: u32, offset: u32) -> u8 {
 struct Conn {
     inbox: Vec<u8>,
     outbox: Vec<u8>,
-    peer: Option<Peer>,
-    closed: Option<String>,
+    session: Session,
+    closed: Option<CloseReason>,
     uploaded: u64,
+}
+
+impl Conn {
+    /// Moves the session's control bytes to the wire, as the writer does.
+    fn flush(&mut self) {
+        let mut ctrl = Vec::new();
+        self.session.take_control(&mut ctrl);
+        self.outbox.extend_from_slice(&ctrl);
+    }
+
+    fn peer(&self) -> &uring_bt_proto::peer::Peer {
+        self.session.peer().expect("attached")
+    }
 }
 
 /// A miniature seeder: one torrent, one choker, N connections.
@@ -39,24 +70,23 @@ struct Seeder {
     conns: Vec<Conn>,
     choker: Choker,
     t0: Instant,
-    actions: Actions,
 }
 
 impl Seeder {
     fn new(n: usize, slots: usize) -> Self {
+        let t0 = Instant::now();
         Seeder {
             conns: (0..n)
                 .map(|_| Conn {
                     inbox: Vec::new(),
                     outbox: Vec::new(),
-                    peer: None,
+                    session: Session::new(session_cfg(), None, t0),
                     closed: None,
                     uploaded: 0,
                 })
                 .collect(),
             choker: Choker::new(slots),
-            t0: Instant::now(),
-            actions: Actions::new(),
+            t0,
         }
     }
 
@@ -71,63 +101,34 @@ impl Seeder {
         }
     }
 
+    /// What the reader does with its buffer.
     fn process(&mut self, k: usize) {
         let c = &mut self.conns[k];
-        if c.peer.is_none() {
-            match wire::decode_handshake(&c.inbox) {
-                Ok(None) => return,
-                Err(e) => {
-                    c.closed = Some(e.to_string());
-                    return;
-                }
-                Ok(Some(hs)) => {
-                    assert_eq!(hs.info_hash, INFO_HASH);
-                    let fast = hs.supports_fast();
-                    wire::encode_handshake(&Handshake::new(INFO_HASH, [1; 20]), &mut c.outbox);
-                    let mut p = Peer::new(cfg(), true, fast);
-                    p.start(&mut self.actions);
-                    c.peer = Some(p);
-                    apply(c, &mut self.actions);
-                    if hs.supports_extensions() {
-                        let ext = ExtHandshake {
-                            reqq: Some(cfg().reqq),
-                            v: Some("test".into()),
-                            ..Default::default()
-                        };
-                        let payload = ext.encode();
-                        wire::encode(
-                            &Message::Extended {
-                                id: 0,
-                                payload: &payload,
-                            },
-                            &mut c.outbox,
-                        );
-                    }
-                    c.inbox.drain(..HANDSHAKE_LEN);
-                }
-            }
-        }
-        let mut at = 0;
         loop {
             if c.closed.is_some() {
                 return;
             }
-            match wire::decode(&c.inbox[at..], MAX_MESSAGE_LEN) {
-                Ok(Some((msg, used))) => {
-                    at += used;
-                    if let Some(p) = c.peer.as_mut() {
-                        p.on_message(&msg, &mut self.actions);
-                    }
-                    apply(c, &mut self.actions);
-                }
-                Ok(None) => break,
+            let r = match c.session.receive(&c.inbox) {
+                Ok(r) => r,
                 Err(e) => {
-                    c.closed = Some(e.to_string());
+                    c.closed = Some(e);
                     return;
                 }
+            };
+            c.inbox.drain(..r.consumed);
+            if c.session.phase() == Phase::AwaitTorrent {
+                let hs = c.session.handshake().expect("handshake parsed");
+                assert_eq!(hs.info_hash, INFO_HASH);
+                c.session.attach(&view(), &[]);
+                continue;
             }
+            if r.paused {
+                c.flush();
+                continue;
+            }
+            break;
         }
-        c.inbox.drain(..at);
+        c.flush();
     }
 
     /// The choker's turn at `secs`.
@@ -138,7 +139,7 @@ impl Seeder {
             .enumerate()
             .filter(|(_, c)| c.closed.is_none())
             .filter_map(|(key, c)| {
-                c.peer.as_ref().map(|p| ChokerPeer {
+                c.session.peer().map(|p| ChokerPeer {
                     key,
                     interested: p.is_interested(),
                     unchoked: !p.am_choking(),
@@ -151,10 +152,8 @@ impl Seeder {
             .tick(self.t0 + Duration::from_secs(secs), &input)
         {
             let c = &mut self.conns[key];
-            if let Some(p) = c.peer.as_mut() {
-                p.set_choked(!unchoke, &mut self.actions);
-            }
-            apply(c, &mut self.actions);
+            c.session.set_choked(!unchoke);
+            c.flush();
         }
     }
 
@@ -164,29 +163,15 @@ impl Seeder {
             if c.closed.is_some() {
                 continue;
             }
-            let Some(p) = c.peer.as_mut() else { continue };
-            while let Some(b) = p.take_request() {
+            c.flush();
+            while let Some(b) = c.session.take_request() {
                 // As the driver does: header into the headroom, block behind it.
                 c.outbox
                     .extend_from_slice(&wire::encode_piece_header(b.piece, b.begin, b.len));
                 c.outbox
                     .extend((0..b.len).map(|i| content(b.piece, b.begin + i)));
-                p.on_served(b);
+                c.session.on_served(b);
                 c.uploaded += u64::from(b.len);
-            }
-        }
-    }
-}
-
-fn apply(c: &mut Conn, actions: &mut Actions) {
-    for a in actions.drain() {
-        match a {
-            Action::Send(m) => wire::encode(&m.as_message(), &mut c.outbox),
-            Action::Serve => {}
-            Action::Disconnect(r) => {
-                if c.closed.is_none() {
-                    c.closed = Some(format!("{r:?}"));
-                }
             }
         }
     }
@@ -285,7 +270,7 @@ fn good_peer_downloads_everything_with_correct_bytes() {
         }
         let total: u64 = u64::from(PIECE_LEN) * u64::from(NUM_PIECES - 1) + u64::from(LAST_LEN);
         assert_eq!(c.uploaded, total);
-        assert_eq!(c.peer.as_ref().unwrap().stats().uploaded, total);
+        assert_eq!(c.peer().stats().uploaded, total);
     }
 }
 
@@ -315,7 +300,7 @@ fn non_fast_peer_gets_a_bitfield_and_silent_drops() {
     assert!(
         matches!(got[2], OwnedMessage::Piece { piece: 1, begin: 0, ref data } if data.len() == 100)
     );
-    let st = s.conns[0].peer.as_ref().unwrap().stats();
+    let st = s.conns[0].peer().stats();
     assert_eq!((st.requests_rejected, st.bad_requests), (3, 3));
 }
 
@@ -369,25 +354,25 @@ fn abusive_peer_is_rejected_then_dropped_and_others_keep_being_served() {
             .filter(|m| matches!(m, OwnedMessage::Reject(_)))
             .count();
     }
-    assert!(s.conns[1]
-        .closed
-        .as_deref()
-        .unwrap()
-        .contains("TooManyBadRequests"));
-    // Every bad request was answered with a REJECT (plus the one sent while choked).
-    let p1 = s.conns[1].peer.as_ref().unwrap();
-    assert_eq!(rejected as u64, p1.stats().requests_rejected);
+    assert!(matches!(
+        s.conns[1].closed,
+        Some(CloseReason::Peer(DisconnectReason::TooManyBadRequests(_)))
+    ));
+    // Every bad request was answered with a REJECT (plus the one sent while choked), but the
+    // last: the strike that ends the connection closes it before its REJECT is written.
+    let p1 = s.conns[1].peer();
+    assert_eq!(rejected as u64 + 1, p1.stats().requests_rejected);
     assert!(p1.stats().bad_requests >= cfg().max_bad_requests);
     assert_eq!(p1.stats().requests_served, 0);
     for k in [0, 2] {
         assert_eq!(s.conns[k].closed, None);
-        let served = s.conns[k].peer.as_ref().unwrap().stats().requests_served;
+        let served = s.conns[k].peer().stats().requests_served;
         assert_eq!(served, 2 * round as u64, "peer {k} served every round");
     }
     // After the abuser is gone the choker keeps serving the others.
     s.tick(10);
     for k in [0, 2] {
-        assert!(!s.conns[k].peer.as_ref().unwrap().am_choking());
+        assert!(!s.conns[k].peer().am_choking());
     }
 }
 
@@ -406,7 +391,7 @@ fn requests_beyond_reqq_are_rejected() {
         wire::encode(&req(i % NUM_PIECES, 0, 1000), &mut b);
     }
     s.receive(0, &b, 4096);
-    let p = s.conns[0].peer.as_ref().unwrap();
+    let p = s.conns[0].peer();
     assert_eq!(p.queued(), reqq as usize);
     assert_eq!(p.stats().requests_rejected, 3);
     let rejects = received(&s.conns[0])
@@ -421,8 +406,8 @@ fn seed_peer_is_disconnected() {
     let mut s = Seeder::new(2, 4);
     s.receive(0, &script(true, &[Message::HaveAll]), 9);
     assert_eq!(
-        s.conns[0].closed.as_deref(),
-        Some(format!("{:?}", DisconnectReason::BothSeeds).as_str())
+        s.conns[0].closed,
+        Some(CloseReason::Peer(DisconnectReason::BothSeeds))
     );
     let full = [0xFCu8];
     s.receive(1, &script(false, &[Message::Bitfield(&full)]), 9);
@@ -435,10 +420,9 @@ fn oversized_length_prefix_closes_before_buffering() {
     let mut b = script(true, &[]);
     b.extend_from_slice(&(MAX_MESSAGE_LEN + 1).to_be_bytes());
     s.receive(0, &b, 68 + 4);
-    assert!(s.conns[0]
-        .closed
-        .as_deref()
-        .unwrap()
-        .contains("exceeds the limit"));
+    assert!(matches!(
+        s.conns[0].closed,
+        Some(CloseReason::Wire(wire::WireError::TooLong { .. }))
+    ));
     assert!(s.conns[0].inbox.len() <= 4);
 }

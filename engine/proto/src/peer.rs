@@ -31,7 +31,7 @@
 //! violations that make the peer's state unknowable (a bad BITFIELD, a HAVE out of range, a FAST
 //! message without FAST) disconnect at once.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use crate::wire::{
     BlockRef, ExtHandshake, Message, OwnedMessage, BLOCK_SIZE, EXTENDED_HANDSHAKE_ID,
@@ -241,6 +241,100 @@ impl PeerPieces {
     }
 }
 
+/// The queue of a peer's validated requests: FIFO, with CANCEL in O(1).
+///
+/// A cancel does not search the queue: it moves one copy of the block from `live` to `dead`,
+/// and [`RequestQueue::pop`] skips dead entries as it meets them. Dead entries are bounded: when
+/// they outnumber the bound on live ones, the queue is compacted (O(len), so amortised O(1) per
+/// cancel). So a peer that requests and cancels as fast as it can costs O(1) per message and at
+/// most `2 x reqq` entries (12 bytes each) plus the two maps.
+#[derive(Debug, Default)]
+struct RequestQueue {
+    fifo: VecDeque<BlockRef>,
+    /// Live copies of each block in `fifo`.
+    live: HashMap<BlockRef, u32>,
+    /// Cancelled copies of each block still in `fifo`.
+    dead: HashMap<BlockRef, u32>,
+    live_len: usize,
+    dead_len: usize,
+}
+
+impl RequestQueue {
+    /// Live requests.
+    fn len(&self) -> usize {
+        self.live_len
+    }
+
+    /// Queues `b`; compacts first when dead entries exceed `bound`.
+    fn push(&mut self, b: BlockRef, bound: usize) {
+        if self.dead_len > bound {
+            self.compact();
+        }
+        self.fifo.push_back(b);
+        *self.live.entry(b).or_insert(0) += 1;
+        self.live_len += 1;
+    }
+
+    /// Cancels one queued copy of `b`; false when none is queued.
+    fn cancel(&mut self, b: BlockRef) -> bool {
+        if !take_one(&mut self.live, b) {
+            return false;
+        }
+        self.live_len -= 1;
+        *self.dead.entry(b).or_insert(0) += 1;
+        self.dead_len += 1;
+        if self.live_len == 0 {
+            self.clear_dead();
+        }
+        true
+    }
+
+    /// The oldest live request.
+    fn pop(&mut self) -> Option<BlockRef> {
+        while let Some(b) = self.fifo.pop_front() {
+            if take_one(&mut self.dead, b) {
+                self.dead_len -= 1;
+                continue;
+            }
+            if take_one(&mut self.live, b) {
+                self.live_len -= 1;
+                return Some(b);
+            }
+        }
+        None
+    }
+
+    /// No live request is left: drop every entry.
+    fn clear_dead(&mut self) {
+        self.fifo.clear();
+        self.dead.clear();
+        self.dead_len = 0;
+    }
+
+    /// Drops every dead entry from `fifo` (the oldest copies of a block die first, as a cancel
+    /// of the first matching request would have it).
+    fn compact(&mut self) {
+        let mut dead = std::mem::take(&mut self.dead);
+        self.fifo.retain(|b| !take_one(&mut dead, *b));
+        self.dead_len = 0;
+    }
+}
+
+/// Decrements `map[b]`, removing it at zero; false when absent.
+fn take_one(map: &mut HashMap<BlockRef, u32>, b: BlockRef) -> bool {
+    match map.get_mut(&b) {
+        Some(n) if *n > 1 => {
+            *n -= 1;
+            true
+        }
+        Some(_) => {
+            map.remove(&b);
+            true
+        }
+        None => false,
+    }
+}
+
 /// The state machine of one connected peer.
 #[derive(Debug)]
 pub struct Peer {
@@ -261,8 +355,8 @@ pub struct Peer {
     peer_seed: bool,
     /// A BITFIELD / HAVE ALL / HAVE NONE has been received.
     got_bitfield: bool,
-    /// Validated requests, FIFO.
-    queue: VecDeque<BlockRef>,
+    /// Validated requests, FIFO, with O(1) cancel.
+    queue: RequestQueue,
     /// Requests handed to the driver by `take_request`, not yet served or refused.
     in_flight: u32,
     /// Requests received while choked since our last CHOKE (grace up to `reqq`).
@@ -286,7 +380,7 @@ impl Peer {
             pieces: None,
             peer_seed: false,
             got_bitfield: false,
-            queue: VecDeque::new(),
+            queue: RequestQueue::default(),
             in_flight: 0,
             choked_requests: 0,
             ext: None,
@@ -399,8 +493,7 @@ impl Peer {
             }
             Message::Request(b) => self.on_request(b, out),
             Message::Cancel(b) => {
-                if let Some(i) = self.queue.iter().position(|q| *q == b) {
-                    self.queue.remove(i);
+                if self.queue.cancel(b) {
                     self.stats.requests_cancelled += 1;
                     // BEP 6: with FAST a cancelled request still gets an answer: REJECT.
                     if self.fast {
@@ -470,7 +563,7 @@ impl Peer {
         };
         match refusal {
             None => {
-                self.queue.push_back(b);
+                self.queue.push(b, self.cfg.reqq as usize);
                 out.push(Action::Serve);
             }
             Some((why, strike)) => {
@@ -505,7 +598,7 @@ impl Peer {
         if choked {
             out.push(Action::Send(OwnedMessage::Choke));
             self.choked_requests = 0;
-            while let Some(b) = self.queue.pop_front() {
+            while let Some(b) = self.queue.pop() {
                 self.reject(b, out);
             }
         } else {
@@ -516,7 +609,7 @@ impl Peer {
     /// The next request to serve (FIFO). It leaves the `reqq` bound at once and counts as in
     /// flight until [`Peer::on_served`] or [`Peer::refuse`].
     pub fn take_request(&mut self) -> Option<BlockRef> {
-        let b = self.queue.pop_front()?;
+        let b = self.queue.pop()?;
         self.in_flight += 1;
         Some(b)
     }
@@ -657,6 +750,64 @@ pub fn full_bitfield(num_pieces: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_queue_matches_a_naive_queue_and_stays_bounded() {
+        // A deterministic model check: the O(1) queue pops exactly what a VecDeque with a
+        // linear-search cancel pops, and never holds more than 2 x bound + 1 entries.
+        let bound = 8usize;
+        let mut q = RequestQueue::default();
+        let mut naive: VecDeque<BlockRef> = VecDeque::new();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let b = BlockRef {
+                piece: (x % 3) as u32,
+                begin: ((x >> 8) % 3) as u32,
+                len: 1,
+            };
+            match (x >> 20) % 4 {
+                0 | 1 if naive.len() < bound => {
+                    q.push(b, bound);
+                    naive.push_back(b);
+                }
+                2 => {
+                    let pos = naive.iter().position(|n| *n == b);
+                    assert_eq!(q.cancel(b), pos.is_some());
+                    if let Some(i) = pos {
+                        naive.remove(i);
+                    }
+                }
+                _ => assert_eq!(q.pop(), naive.pop_front()),
+            }
+            assert_eq!(q.len(), naive.len());
+            assert!(q.fifo.len() <= 2 * bound + 1, "{} entries", q.fifo.len());
+        }
+    }
+
+    #[test]
+    fn request_and_cancel_flood_costs_constant_memory() {
+        let mut p = Peer::new(cfg(), true, true);
+        let mut out = Actions::new();
+        p.set_choked(false, &mut out);
+        out.clear();
+        for i in 0..100_000u32 {
+            let b = BlockRef {
+                piece: i % 4,
+                begin: 0,
+                len: 1,
+            };
+            p.on_message(&Message::Request(b), &mut out);
+            p.on_message(&Message::Cancel(b), &mut out);
+            assert!(!out.wants_disconnect());
+            out.clear();
+        }
+        assert_eq!(p.queued(), 0);
+        assert!(p.queue.fifo.len() <= 2 * cfg().reqq as usize + 1);
+        assert_eq!(p.stats().requests_cancelled, 100_000);
+    }
 
     /// 10 pieces of 64 KiB, the last 20,000 bytes.
     fn cfg() -> PeerConfig {

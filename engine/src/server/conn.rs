@@ -110,7 +110,6 @@ async fn reader(
     writer_done: &mut Option<tokio::sync::oneshot::Receiver<()>>,
 ) -> Result<(), Closed> {
     let mut buf: Vec<u8> = Vec::with_capacity(RECV_INITIAL);
-    let mut choker_input = Vec::new();
     let (read_wake, max_len) = {
         let peers = shard.peers.borrow();
         let slot = peers.get(key).ok_or(Closed::Io("slot gone".into()))?;
@@ -145,7 +144,7 @@ async fn reader(
         }
         if r.interest_changed {
             if let Some(t) = torrent {
-                shard.rechoke(t, Instant::now(), &mut choker_input, true);
+                shard.want_fill(t);
             }
         }
         if r.paused {

@@ -53,6 +53,11 @@ pub struct ShardConfig {
 /// The shard's housekeeping period (timeouts, choker, keep-alives).
 pub const TICK: Duration = Duration::from_secs(1);
 
+/// Shortest time between two quick choker passes of one shard. A peer that flips INTERESTED /
+/// NOT INTERESTED as fast as it can costs a flag per message, not a pass over the shard's
+/// peers: at most `1 s / FILL_INTERVAL` passes a second per shard, whatever the peers send.
+pub const FILL_INTERVAL: Duration = Duration::from_millis(50);
+
 /// One connected peer, as the shard sees it.
 pub struct PeerSlot {
     pub addr: SocketAddr,
@@ -143,10 +148,25 @@ pub struct Shard {
     /// Connected peers per torrent on this shard.
     pub torrent_peers: RefCell<Vec<usize>>,
     pub chokers: RefCell<Vec<Choker>>,
+    /// Torrents whose choker should fill free slots (a peer's interest changed), and the wake
+    /// of the task that does it ([`filler`]) at most every [`FILL_INTERVAL`].
+    pub fill_pending: RefCell<Vec<bool>>,
+    pub fill_wake: Notify,
     pub counters: ShardCounters,
 }
 
 impl Shard {
+    /// A peer of torrent `t` changed its interest: its choker fills free slots soon (rate
+    /// limited, see [`FILL_INTERVAL`]).
+    pub fn want_fill(&self, t: usize) {
+        if let Some(p) = self.fill_pending.borrow_mut().get_mut(t) {
+            if !*p {
+                *p = true;
+                self.fill_wake.notify_one();
+            }
+        }
+    }
+
     /// Runs torrent `t`'s choker over this shard's peers and applies its decisions. `quick`:
     /// only fill free slots (a peer just became interested), no rotation.
     pub fn rechoke(&self, t: usize, now: Instant, input: &mut Vec<ChokerPeer>, quick: bool) {
@@ -180,5 +200,22 @@ impl Shard {
                 slot.set_choked(!unchoke);
             }
         }
+    }
+}
+
+/// The task that runs the quick choker passes [`Shard::want_fill`] asks for, at most once per
+/// [`FILL_INTERVAL`].
+pub async fn filler(shard: Rc<Shard>) {
+    let mut input = Vec::new();
+    loop {
+        shard.fill_wake.notified().await;
+        let n = shard.fill_pending.borrow().len();
+        for t in 0..n {
+            let due = std::mem::take(&mut shard.fill_pending.borrow_mut()[t]);
+            if due {
+                shard.rechoke(t, Instant::now(), &mut input, true);
+            }
+        }
+        tokio::time::sleep(FILL_INTERVAL).await;
     }
 }
