@@ -9,12 +9,19 @@
 //! - **ENOSPC**: a write fails with [`StorageError::NoSpace`];
 //! - **latency**: each operation waits a drawn delay (tokio timer; works inside tokio-uring);
 //! - per-file state: a file can be made missing ([`StorageError::FileMissing`]) or truncated
-//!   ([`StorageError::FileTooShort`]).
+//!   ([`StorageError::FileTooShort`]);
+//! - bad regions ([`SimStore::fail_reads`]): every read touching them fails with EIO, as a bad
+//!   sector does, so a test can name the blocks that must fail whatever the order of operations.
+//!
+//! A fault drawn or injected applies to one operation: one `read_block`, one `write_block`, one
+//! `hash_piece`, or one whole `read_blocks` run (the run fails, is delayed or is transferred in
+//! partial steps as a whole, as one vectored read would be).
 //!
 //! Buffers come from a real [`BufPool`], so the engine under test sees the same backpressure.
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +30,7 @@ use sha1::{Digest, Sha1};
 
 use crate::layout::Layout;
 use crate::pool::PoolBuf;
-use crate::store::{BlockStore, StorageError, TorrentId};
+use crate::store::{for_each_piece_of, run_length, BlockStore, StorageError, TorrentId};
 
 /// Fault rates (per million operations) and latency of a [`SimStore`].
 #[derive(Debug, Clone, Default)]
@@ -69,6 +76,8 @@ struct SimTorrent {
     missing: Vec<bool>,
     /// Current length of each file (<= its length in the layout).
     present: Vec<u64>,
+    /// Ranges of the stream whose reads fail with EIO.
+    bad: Vec<Range<u64>>,
     root: PathBuf,
 }
 
@@ -114,6 +123,7 @@ impl SimStore {
             writable,
             missing: vec![false; n],
             present,
+            bad: Vec::new(),
             root: PathBuf::from("sim"),
         });
         TorrentId((ts.len() - 1) as u32)
@@ -143,6 +153,22 @@ impl SimStore {
             if let Some(p) = x.present.get_mut(file) {
                 *p = len.min(full);
             }
+        }
+    }
+
+    /// Makes every read (`read_block`, `read_blocks`, `hash_piece`) that touches bytes `range`
+    /// of the torrent's stream fail with EIO, until [`SimStore::clear_failed_reads`]: a bad
+    /// sector. Padding files never fail. Writes are not affected.
+    pub fn fail_reads(&self, t: TorrentId, range: Range<u64>) {
+        if let Some(x) = self.torrents.borrow_mut().get_mut(t.0 as usize) {
+            x.bad.push(range);
+        }
+    }
+
+    /// Forgets the bad regions of [`SimStore::fail_reads`].
+    pub fn clear_failed_reads(&self, t: TorrentId) {
+        if let Some(x) = self.torrents.borrow_mut().get_mut(t.0 as usize) {
+            x.bad.clear();
         }
     }
 
@@ -209,7 +235,9 @@ impl SimStore {
         }
     }
 
-    /// Validates a block and returns the checks' error, if any, and the path of its first file.
+    /// Validates a block (or a run of blocks: `len` is its whole length) and returns the checks'
+    /// error, if any, and the path of its first file. Files are checked in stream order and the
+    /// first one that fails decides: missing, then (reads) a bad region, then too short.
     fn check(
         &self,
         t: TorrentId,
@@ -237,6 +265,17 @@ impl SimStore {
             if x.missing[s.file_index] {
                 return Err(StorageError::FileMissing { path });
             }
+            let at = x.layout.file_offset(s.file_index) + s.file_offset;
+            let here = at..at + u64::from(s.len);
+            if !write
+                && x.bad
+                    .iter()
+                    .any(|b| b.start < here.end && here.start < b.end)
+            {
+                self.bump(|st| st.eio += 1);
+                let source = std::io::Error::from_raw_os_error(libc::EIO);
+                return Err(StorageError::Io { path, source });
+            }
             if !write && s.file_offset + u64::from(s.len) > x.present[s.file_index] {
                 return Err(StorageError::FileTooShort {
                     path,
@@ -262,10 +301,32 @@ impl SimStore {
             let capacity = buf.block_capacity();
             return (Err(StorageError::BlockTooLarge { len, capacity }), buf);
         }
-        let path = match self.check(t, piece, begin, len, write) {
-            Ok(p) => p,
-            Err(e) => return (Err(e), buf),
-        };
+        let r = self
+            .transfer_run(
+                write,
+                t,
+                piece,
+                begin,
+                &[len],
+                std::slice::from_mut(&mut buf),
+            )
+            .await;
+        (r, buf)
+    }
+
+    /// Transfers the run of blocks `lens` (laid end to end from `begin`; each fits its buffer,
+    /// their sum fits a `u32`: the caller checked) to or from `bufs`, as one operation.
+    async fn transfer_run(
+        &self,
+        write: bool,
+        t: TorrentId,
+        piece: u32,
+        begin: u32,
+        lens: &[u32],
+        bufs: &mut [PoolBuf],
+    ) -> Result<(), StorageError> {
+        let len: u32 = lens.iter().sum();
+        let path = self.check(t, piece, begin, len, write)?;
         let fault = self.draw(write);
         let delay = match fault {
             Some(Fault::Delay(d)) => Some(d),
@@ -275,12 +336,12 @@ impl SimStore {
         match fault {
             Some(Fault::Eio) => {
                 self.bump(|s| s.eio += 1);
-                let e = std::io::Error::from_raw_os_error(libc::EIO);
-                return (Err(StorageError::Io { path, source: e }), buf);
+                let source = std::io::Error::from_raw_os_error(libc::EIO);
+                return Err(StorageError::Io { path, source });
             }
             Some(Fault::NoSpace) if write => {
                 self.bump(|s| s.enospc += 1);
-                return (Err(StorageError::NoSpace { path }), buf);
+                return Err(StorageError::NoSpace { path });
             }
             _ => {}
         }
@@ -290,32 +351,40 @@ impl SimStore {
         };
         let start = {
             let ts = self.torrents.borrow();
-            // Checked above: the torrent exists and the block fits.
+            // Checked above: the torrent exists and the run fits in the piece.
             ts[t.0 as usize].layout.piece_range(piece).start as usize + begin as usize
         };
         if !write {
-            buf.set_block_len(len as usize);
+            for (b, &l) in bufs.iter_mut().zip(lens) {
+                b.set_block_len(l as usize);
+            }
         }
-        let step = (len as usize).div_ceil(steps as usize).max(1);
-        let mut done = 0usize;
-        while done < len as usize {
-            let n = step.min(len as usize - done);
+        let step = len.div_ceil(steps).max(1);
+        let mut done: u32 = 0;
+        while done < len {
+            let n = step.min(len - done);
             {
                 let mut ts = self.torrents.borrow_mut();
                 let x = &mut ts[t.0 as usize];
-                let range = start + done..start + done + n;
-                if write {
-                    x.data[range].copy_from_slice(&buf.block()[done..done + n]);
-                } else {
-                    buf.block_mut()[done..done + n].copy_from_slice(&x.data[range]);
-                }
+                // Run bytes [done, done + n), block by block; `at` is the stream offset.
+                let mut at = start + done as usize;
+                for_each_piece_of(lens, done, n, |i, o, k| {
+                    let range = at..at + k;
+                    if write {
+                        x.data[range].copy_from_slice(&bufs[i].block()[o..o + k]);
+                    } else {
+                        bufs[i].block_mut()[o..o + k].copy_from_slice(&x.data[range]);
+                    }
+                    at += k;
+                });
             }
             done += n;
-            if done < len as usize {
+            if done < len {
                 self.bump(|s| s.short_steps += 1);
                 tokio::task::yield_now().await;
             }
         }
+        let blocks = lens.len() as u64;
         if write {
             // Padding files read as zeros whatever is written to them.
             let mut ts = self.torrents.borrow_mut();
@@ -329,11 +398,11 @@ impl SimStore {
                     }
                 }
             }
-            self.bump(|s| s.writes += 1);
+            self.bump(|s| s.writes += blocks);
         } else {
-            self.bump(|s| s.reads += 1);
+            self.bump(|s| s.reads += blocks);
         }
-        (Ok(()), buf)
+        Ok(())
     }
 }
 
@@ -354,6 +423,33 @@ impl BlockStore for SimStore {
         buf: PoolBuf,
     ) -> (Result<(), StorageError>, PoolBuf) {
         self.transfer(false, t, piece, begin, len, buf).await
+    }
+
+    /// The run is one operation: checked as a whole (the same errors, in the same order, as
+    /// the io_uring store), then one fault is drawn for it and its bytes are copied.
+    async fn read_blocks(
+        &self,
+        t: TorrentId,
+        piece: u32,
+        begin: u32,
+        lens: &[u32],
+        mut bufs: Vec<PoolBuf>,
+    ) -> (Result<(), StorageError>, Vec<PoolBuf>) {
+        assert_eq!(lens.len(), bufs.len(), "one buffer per block");
+        if lens.len() == 1 {
+            if let Some(b) = bufs.pop() {
+                let (r, b) = self.transfer(false, t, piece, begin, lens[0], b).await;
+                bufs.push(b);
+                return (r, bufs);
+            }
+        }
+        if let Err(e) = run_length(lens, &bufs) {
+            return (Err(e), bufs);
+        }
+        let r = self
+            .transfer_run(false, t, piece, begin, lens, &mut bufs)
+            .await;
+        (r, bufs)
     }
 
     async fn write_block(
@@ -501,6 +597,60 @@ mod tests {
         );
         let (c, _) = run(43);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn runs_are_one_operation_and_bad_regions_fail_them() {
+        rt(async {
+            let pool = BufPool::new(3, 256).unwrap();
+            let l = layout();
+            let d = {
+                let mut d = data(l.total_length() as usize);
+                d[300..512].fill(0);
+                d
+            };
+            let s = SimStore::new(SimConfig::default());
+            let t = s.add_torrent(Arc::clone(&l), d.clone(), false);
+            let bufs = vec![pool.take().await, pool.take().await, pool.take().await];
+            // A short transfer in 7 steps, whose steps straddle the blocks' boundaries.
+            s.inject(Fault::Short { steps: 7 });
+            let (r, bufs) = s.read_blocks(t, 1, 0, &[100, 56, 100], bufs).await;
+            r.unwrap();
+            assert_eq!(bufs[0].block(), &d[256..356]);
+            assert_eq!(bufs[1].block(), &d[356..412]);
+            assert_eq!(bufs[2].block(), &d[412..512]);
+            assert_eq!(s.stats().short_steps, 6);
+            assert_eq!(s.stats().reads, 3);
+            // One injected EIO fails the whole run (one operation), and only that run.
+            s.inject(Fault::Eio);
+            let (r, bufs) = s.read_blocks(t, 2, 0, &[100, 56, 100], bufs).await;
+            assert!(matches!(r, Err(StorageError::Io { .. })), "{r:?}");
+            let (r, bufs) = s.read_blocks(t, 2, 0, &[100, 56, 100], bufs).await;
+            r.unwrap();
+            // A bad region fails every read touching it, in a run or alone, and nothing else.
+            s.fail_reads(t, 600..601);
+            let (r, mut bufs) = s.read_blocks(t, 2, 0, &[100, 56, 100], bufs).await;
+            assert!(matches!(r, Err(StorageError::Io { .. })), "{r:?}");
+            let b = bufs.pop().unwrap();
+            let (r, b) = s.read_block(t, 2, 50, 50, b).await;
+            assert!(matches!(r, Err(StorageError::Io { .. })), "{r:?}");
+            let (r, b) = s.read_block(t, 2, 89, 100, b).await;
+            r.unwrap();
+            assert_eq!(b.block(), &d[601..701]);
+            assert!(s.hash_piece(t, 2).await.is_err());
+            s.clear_failed_reads(t);
+            assert!(s.hash_piece(t, 2).await.is_ok());
+            // The run's lengths are checked as the io_uring store checks them.
+            bufs.push(b);
+            let (r, bufs) = s.read_blocks(t, 0, 0, &[10, 0, 10], bufs).await;
+            assert!(
+                matches!(r, Err(StorageError::BlockTooLarge { len: 0, .. })),
+                "{r:?}"
+            );
+            let (r, _) = s.read_blocks(t, 0, 200, &[50, 50, 50], bufs).await;
+            assert!(matches!(r, Err(StorageError::BadBlock(_))), "{r:?}");
+            assert_eq!(pool.available(), pool.capacity());
+        });
     }
 
     #[test]

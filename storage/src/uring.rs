@@ -37,7 +37,7 @@ use tokio::io::Interest;
 use crate::files::{self, FileKey, FileTable, FileTableStats, OpenMode, Reserve, SlotRegistrar};
 use crate::layout::{Layout, Span};
 use crate::pool::{BufPool, PoolBuf};
-use crate::store::{BlockStore, StorageError, TorrentId};
+use crate::store::{for_each_piece_of, run_length, BlockStore, StorageError, TorrentId};
 
 /// Configuration of one shard's storage ring.
 #[derive(Debug, Clone)]
@@ -657,73 +657,6 @@ impl UringStore {
 }
 
 impl UringStore {
-    /// Reads the contiguous blocks `lens` of `piece`, the first at `begin` and each following
-    /// right after the one before, into `bufs` (one buffer per block, in order), with **one
-    /// vectored read per file span** instead of one read per block: the kernel walks the page
-    /// cache once for the whole run. Short reads and `EINTR`/`EAGAIN` are resubmitted for the
-    /// rest. The result covers the whole run: on an error some buffers may hold data, none is
-    /// known good (read the blocks one by one to find out which).
-    ///
-    /// Panics if `lens` and `bufs` differ in length (a caller bug).
-    pub async fn read_blocks(
-        &self,
-        t: TorrentId,
-        piece: u32,
-        begin: u32,
-        lens: &[u32],
-        mut bufs: Vec<PoolBuf>,
-    ) -> (Result<(), StorageError>, Vec<PoolBuf>) {
-        assert_eq!(lens.len(), bufs.len(), "one buffer per block");
-        if lens.len() == 1 {
-            if let Some(b) = bufs.pop() {
-                let (r, b) = self.transfer(false, t, piece, begin, lens[0], b).await;
-                bufs.push(b);
-                return (r, bufs);
-            }
-        }
-        let mut total: u32 = 0;
-        for (&len, b) in lens.iter().zip(&bufs) {
-            let fits = len != 0 && len as usize <= b.block_capacity();
-            match total.checked_add(len).filter(|_| fits) {
-                Some(x) => total = x,
-                None => {
-                    let capacity = b.block_capacity();
-                    return (Err(StorageError::BlockTooLarge { len, capacity }), bufs);
-                }
-            }
-        }
-        let (layout, _) = match self.torrent(t) {
-            Ok(x) => x,
-            Err(e) => return (Err(e), bufs),
-        };
-        let spans = match layout.spans(piece, begin, total) {
-            Ok(s) => s,
-            Err(e) => return (Err(e.into()), bufs),
-        };
-        for (b, &len) in bufs.iter_mut().zip(lens) {
-            b.set_block_len(len as usize);
-        }
-        for span in spans {
-            let f = &layout.files()[span.file_index];
-            if f.padding {
-                for_each_piece_of(lens, span.buf_offset, span.len, |i, off, n| {
-                    bufs[i].block_mut()[off..off + n].fill(0);
-                });
-                continue;
-            }
-            let r;
-            (r, bufs) = self.read_span_vectored(t, span, f.length, lens, bufs).await;
-            if let Err(e) = r {
-                return (Err(e), bufs);
-            }
-        }
-        self.inner.bump(|s| {
-            s.reads += lens.len() as u64;
-            s.read_bytes += u64::from(total);
-        });
-        (Ok(()), bufs)
-    }
-
     /// Reads `span` (whose `buf_offset` counts from the start of the run) into the run's
     /// buffers with `Readv`, resubmitting the rest after a short read.
     async fn read_span_vectored(
@@ -779,25 +712,6 @@ impl UringStore {
             }
         }
         (Ok(()), bufs)
-    }
-}
-
-/// Calls `f(block, offset_in_block, len)` for each block of a run (blocks of `lens` bytes laid
-/// end to end) that overlaps run bytes `[start, start + len)`, in order.
-fn for_each_piece_of(lens: &[u32], start: u32, len: u32, mut f: impl FnMut(usize, usize, usize)) {
-    let end = u64::from(start) + u64::from(len);
-    let mut block_start: u64 = 0;
-    for (i, &l) in lens.iter().enumerate() {
-        let block_end = block_start + u64::from(l);
-        let a = block_start.max(u64::from(start));
-        let b = block_end.min(end);
-        if a < b {
-            f(i, (a - block_start) as usize, (b - a) as usize);
-        }
-        if block_end >= end {
-            break;
-        }
-        block_start = block_end;
     }
 }
 
@@ -857,6 +771,61 @@ impl BlockStore for UringStore {
         buf: PoolBuf,
     ) -> (Result<(), StorageError>, PoolBuf) {
         self.transfer(false, t, piece, begin, len, buf).await
+    }
+
+    /// A run is read with **one vectored read per file span** instead of one read per block:
+    /// the kernel walks the page cache once for the whole run. Short reads and `EINTR`/`EAGAIN`
+    /// are resubmitted for the rest.
+    async fn read_blocks(
+        &self,
+        t: TorrentId,
+        piece: u32,
+        begin: u32,
+        lens: &[u32],
+        mut bufs: Vec<PoolBuf>,
+    ) -> (Result<(), StorageError>, Vec<PoolBuf>) {
+        assert_eq!(lens.len(), bufs.len(), "one buffer per block");
+        if lens.len() == 1 {
+            if let Some(b) = bufs.pop() {
+                let (r, b) = self.transfer(false, t, piece, begin, lens[0], b).await;
+                bufs.push(b);
+                return (r, bufs);
+            }
+        }
+        let total = match run_length(lens, &bufs) {
+            Ok(n) => n,
+            Err(e) => return (Err(e), bufs),
+        };
+        let (layout, _) = match self.torrent(t) {
+            Ok(x) => x,
+            Err(e) => return (Err(e), bufs),
+        };
+        let spans = match layout.spans(piece, begin, total) {
+            Ok(s) => s,
+            Err(e) => return (Err(e.into()), bufs),
+        };
+        for (b, &len) in bufs.iter_mut().zip(lens) {
+            b.set_block_len(len as usize);
+        }
+        for span in spans {
+            let f = &layout.files()[span.file_index];
+            if f.padding {
+                for_each_piece_of(lens, span.buf_offset, span.len, |i, off, n| {
+                    bufs[i].block_mut()[off..off + n].fill(0);
+                });
+                continue;
+            }
+            let r;
+            (r, bufs) = self.read_span_vectored(t, span, f.length, lens, bufs).await;
+            if let Err(e) = r {
+                return (Err(e), bufs);
+            }
+        }
+        self.inner.bump(|s| {
+            s.reads += lens.len() as u64;
+            s.read_bytes += u64::from(total);
+        });
+        (Ok(()), bufs)
     }
 
     async fn write_block(

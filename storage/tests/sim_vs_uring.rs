@@ -10,8 +10,9 @@ use std::sync::Arc;
 use common::*;
 use uring_bt_storage::layout::{FileEntry, Layout};
 use uring_bt_storage::pool::BufPool;
+use uring_bt_storage::pool::PoolBuf;
 use uring_bt_storage::sim::{SimConfig, SimStore};
-use uring_bt_storage::store::{BlockStore, StorageError};
+use uring_bt_storage::store::{BlockStore, StorageError, TorrentId};
 use uring_bt_storage::uring::{UringConfig, UringStore};
 
 fn layout() -> Arc<Layout> {
@@ -55,6 +56,7 @@ fn kind(r: &Result<(), StorageError>) -> &'static str {
         Err(StorageError::FileTooShort { .. }) => "short",
         Err(StorageError::BadBlock(_)) => "bad block",
         Err(StorageError::BlockTooLarge { .. }) => "too large",
+        Err(StorageError::UnknownTorrent(_)) => "unknown torrent",
         Err(e) => panic!("unexpected {e:?}"),
     }
 }
@@ -103,6 +105,121 @@ fn same_bytes_and_same_errors() {
         }
         // Every outcome was exercised.
         for k in ["ok", "missing", "short", "bad block", "too large"] {
+            assert!(
+                kinds.get(k).copied().unwrap_or(0) > 0,
+                "{k} never seen: {kinds:?}"
+            );
+        }
+    });
+}
+
+/// `read_blocks` (a run of contiguous blocks, one operation) agrees too: the same bytes in
+/// every buffer of a run that succeeds, the same error kind for a run that does not (past the
+/// piece end, a block of 0 bytes or too large for its buffer, a missing or short file on the
+/// way, an unknown torrent).
+#[test]
+fn runs_read_the_same_bytes_and_the_same_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let l = layout();
+    write_files(&l, dir.path());
+    std::fs::remove_file(dir.path().join("q/b")).unwrap();
+    std::fs::write(dir.path().join("q/d"), vec![0u8; 5_000]).unwrap();
+    let mut data = stream(&l);
+    let d_start = l.file_offset(6) as usize;
+    data[d_start..d_start + 5_000].fill(0);
+    tokio_uring::start(async {
+        const MAX_BLOCKS: usize = 8;
+        let pool = BufPool::new(2 * MAX_BLOCKS, 16_384).unwrap();
+        let real = UringStore::new(UringConfig::default(), Rc::clone(&pool)).unwrap();
+        let rt = real.add_torrent(Arc::clone(&l), dir.path().to_path_buf(), false);
+        let sim = SimStore::new(SimConfig::default());
+        let st = sim.add_torrent(Arc::clone(&l), data, false);
+        sim.set_missing(st, 2, true);
+        sim.truncate(st, 6, 5_000);
+        let take = |n: usize| {
+            let pool = Rc::clone(&pool);
+            async move {
+                let mut v: Vec<PoolBuf> = Vec::with_capacity(n);
+                for _ in 0..n {
+                    v.push(pool.take().await);
+                }
+                v
+            }
+        };
+        let mut rng = Rng(1234);
+        let mut kinds = std::collections::BTreeMap::new();
+        // Runs that must meet each outcome, then random ones: mostly runs that fit the piece;
+        // some past its end, some with a block of 0 bytes or over 16 KiB, some on a piece or a
+        // torrent that does not exist.
+        let last = l.num_pieces() - 1;
+        let mut runs: Vec<(u32, u32, Vec<u32>)> = vec![
+            (0, 10_000, vec![10_000, 12_768]),      // a, then padding
+            (0, 19_000, vec![1_000, 5_000, 7_768]), // a's end, padding
+            (1, 0, vec![1, 100]),                   // q/b is missing
+            (last, 0, vec![16_384, 16_384]),        // q/d is short
+            (last, 100, vec![16_384, 16_384]),      // past the piece end
+            (0, 0, vec![100, 0, 100]),              // a block of 0 bytes
+            (0, 0, vec![100, 16_385]),              // a block too large
+        ];
+        for _ in 0..1_500 {
+            let p = rng.below(u64::from(l.num_pieces()) + 1) as u32;
+            let size = l.piece_size(p).max(1);
+            let first = match rng.below(3) {
+                0 => 0,
+                1 => (rng.below(u64::from(size)) as u32) & !16_383,
+                _ => rng.below(u64::from(size)) as u32,
+            };
+            let blocks = 1 + rng.below(MAX_BLOCKS as u64) as usize;
+            let mut lens = Vec::with_capacity(blocks);
+            let mut at = first;
+            while lens.len() < blocks {
+                let n = match rng.below(60) {
+                    0 => 0,
+                    1 => 16_385 + rng.below(1_000) as u32,
+                    2 => 1 + rng.below(16_384) as u32,
+                    _ if at >= size => break,
+                    3..=30 => 16_384.min(size - at),
+                    _ => (1 + rng.below(16_384) as u32).min(size - at),
+                };
+                lens.push(n);
+                at = at.saturating_add(n);
+            }
+            runs.push((p, first, lens));
+        }
+        for (i, (p, first, lens)) in runs.into_iter().enumerate() {
+            let blocks = lens.len();
+            let (rt, st) = if i % 500 == 7 {
+                (TorrentId(9), TorrentId(9))
+            } else {
+                (rt, st)
+            };
+            let (r1, b1) = real
+                .read_blocks(rt, p, first, &lens, take(blocks).await)
+                .await;
+            let (r2, b2) = sim
+                .read_blocks(st, p, first, &lens, take(blocks).await)
+                .await;
+            let at = format!("run at {p}/{first} of {lens:?}");
+            assert_eq!(kind(&r1), kind(&r2), "{at}: {r1:?} vs {r2:?}");
+            assert_eq!(b1.len(), blocks, "{at}: every buffer comes back");
+            assert_eq!(b2.len(), blocks, "{at}: every buffer comes back");
+            if r1.is_ok() {
+                for (k, ((x, y), &n)) in b1.iter().zip(&b2).zip(&lens).enumerate() {
+                    assert_eq!(x.block_len(), n as usize, "{at}: block {k}");
+                    assert_eq!(x.block(), y.block(), "{at}: block {k}");
+                }
+            }
+            *kinds.entry(kind(&r1)).or_insert(0) += 1;
+        }
+        assert_eq!(pool.available(), pool.capacity());
+        for k in [
+            "ok",
+            "missing",
+            "short",
+            "bad block",
+            "too large",
+            "unknown torrent",
+        ] {
             assert!(
                 kinds.get(k).copied().unwrap_or(0) > 0,
                 "{k} never seen: {kinds:?}"

@@ -5,6 +5,10 @@
 //! one pool buffer is taken per block (waiting for the first: backpressure), contiguous blocks
 //! are read with one vectored read, the reads of a batch go to the storage ring together, and
 //! each buffer gets its 13-byte PIECE header written into its headroom.
+//!
+//! The reads ([`read_all`], [`read_run`]) are generic over the [`BlockStore`]: the shard passes
+//! its io_uring store, the engine tests the simulated one with seeded faults
+//! (`engine/tests/serve_sim.rs`). Monomorphized: no box, no dynamic dispatch on the hot path.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +19,6 @@ use tokio_uring::buf::Slice;
 use uring_bt_proto::wire::BlockRef;
 use uring_bt_storage::pool::PoolBuf;
 use uring_bt_storage::store::{BlockStore, StorageError, TorrentId};
-use uring_bt_storage::uring::UringStore;
 
 use crate::server::registry::Torrent;
 use crate::server::state::Shard;
@@ -110,7 +113,7 @@ pub async fn read_batch(
         }
     }
     let n = bufs.len();
-    let results = read_all(&shard.store, tid, &reqs[..n], bufs, shard.cfg.coalesce).await;
+    let results = read_all(&*shard.store, tid, &reqs[..n], bufs, shard.cfg.coalesce).await;
     for (r, (res, buf)) in reqs.drain(..n).zip(results) {
         match res {
             Ok(()) => {
@@ -133,9 +136,13 @@ fn report_storage_error(torrent: &Torrent, e: &StorageError) {
 
 /// Runs the block reads of one batch together, so the storage ring submits them in one call.
 /// Requests that follow each other in the piece (`begin` right after the previous block's end),
-/// up to `coalesce` of them, are read with one vectored read.
-async fn read_all(
-    store: &Rc<UringStore>,
+/// up to `coalesce` of them (at most [`MAX_RUN`]), are read as one run ([`read_run`]).
+///
+/// Takes one buffer per request, in order: reads `reqs[..bufs.len()]` (buffers beyond
+/// `reqs.len()` go back to the pool). Returns one [`BlockRead`] per request read, **in request
+/// order**, each with its buffer (holding the block on success), whatever the outcome.
+pub async fn read_all<S: BlockStore>(
+    store: &S,
     tid: TorrentId,
     reqs: &[BlockRef],
     bufs: Vec<PoolBuf>,
@@ -148,14 +155,7 @@ async fn read_all(
     let mut bufs = bufs.into_iter();
     let mut i = 0;
     while i < reqs.len() {
-        let mut j = i + 1;
-        while j < reqs.len()
-            && j - i < coalesce
-            && reqs[j].piece == reqs[j - 1].piece
-            && u64::from(reqs[j].begin) == u64::from(reqs[j - 1].begin) + u64::from(reqs[j - 1].len)
-        {
-            j += 1;
-        }
+        let j = i + run_length(&reqs[i..], coalesce);
         let run_bufs: Vec<PoolBuf> = bufs.by_ref().take(j - i).collect();
         futs.push(Some(read_run(store, tid, &reqs[i..j], run_bufs)));
         i = j;
@@ -188,26 +188,45 @@ async fn read_all(
 }
 
 /// One block's read: its outcome and its buffer.
-type BlockRead = (Result<(), StorageError>, PoolBuf);
+pub type BlockRead = (Result<(), StorageError>, PoolBuf);
 
 /// The most blocks one vectored read covers.
-const MAX_RUN: usize = 64;
+pub const MAX_RUN: usize = 64;
 
-/// Reads one run of contiguous blocks: one vectored read, or block by block when the run fails
-/// (to serve the blocks that can be served and refuse only the others).
-async fn read_run(
-    store: &UringStore,
+/// How many requests from the start of `reqs` form one run (at least 1 when `reqs` is not
+/// empty, at most `max`): each in the same piece as the one before, beginning where it ends.
+fn run_length(reqs: &[BlockRef], max: usize) -> usize {
+    let mut j = 1;
+    while j < reqs.len()
+        && j < max
+        && reqs[j].piece == reqs[j - 1].piece
+        && u64::from(reqs[j].begin) == u64::from(reqs[j - 1].begin) + u64::from(reqs[j - 1].len)
+    {
+        j += 1;
+    }
+    j.min(reqs.len())
+}
+
+/// Reads one run of contiguous blocks (as [`read_all`] groups them), one buffer per request:
+/// one batched read ([`BlockStore::read_blocks`]), or block by block when the run fails (to
+/// serve the blocks that can be served and refuse only the others). Returns one [`BlockRead`]
+/// per request, in order (`reqs[..bufs.len()]`; extra buffers go back to the pool).
+///
+/// Requests that are not one run of at most [`MAX_RUN`] blocks, one buffer each, are read
+/// block by block.
+pub async fn read_run<S: BlockStore>(
+    store: &S,
     tid: TorrentId,
     reqs: &[BlockRef],
     mut bufs: Vec<PoolBuf>,
 ) -> Vec<BlockRead> {
     let mut out = Vec::with_capacity(bufs.len());
-    if bufs.len() > 1 {
+    let n = bufs.len();
+    if n > 1 && n == reqs.len() && run_length(reqs, MAX_RUN) == n {
         let mut lens = [0u32; MAX_RUN];
         for (l, r) in lens.iter_mut().zip(reqs) {
             *l = r.len;
         }
-        let n = bufs.len().min(MAX_RUN);
         let (res, back) = store
             .read_blocks(tid, reqs[0].piece, reqs[0].begin, &lens[..n], bufs)
             .await;
