@@ -50,10 +50,13 @@ pub enum StorageError {
     /// added read-only).
     #[error("{}: read-only", path.display())]
     ReadOnly { path: PathBuf },
-    /// The path would leave the save directory (a symlink, `..`, an absolute component) or is
-    /// not a regular file.
-    #[error("{}: unsafe path (outside the save directory or not a regular file)", path.display())]
+    /// The path would leave the save directory (a symlink out of it, `..`, an absolute
+    /// component).
+    #[error("{}: unsafe path (outside the save directory)", path.display())]
     UnsafePath { path: PathBuf },
+    /// A directory, FIFO, socket or device where the torrent has a file.
+    #[error("{}: not a regular file", path.display())]
+    NotRegularFile { path: PathBuf },
     /// The block does not fit the torrent or the buffer.
     #[error("bad block: {0}")]
     BadBlock(#[from] BlockError),
@@ -83,7 +86,8 @@ impl StorageError {
             | StorageError::Io { .. }
             | StorageError::NoSpace { .. }
             | StorageError::ReadOnly { .. }
-            | StorageError::UnsafePath { .. } => ErrorAction::PauseTorrent,
+            | StorageError::UnsafePath { .. }
+            | StorageError::NotRegularFile { .. } => ErrorAction::PauseTorrent,
             StorageError::Config(_) | StorageError::Ring(_) => ErrorAction::Fatal,
         }
     }

@@ -2,9 +2,15 @@
 //!
 //! **Opening.** Every data file is opened with `openat2(root_fd, relative_path,
 //! RESOLVE_BENEATH)`: a symlink or `..` that would leave the save directory fails with `EXDEV`
-//! ([`StorageError::UnsafePath`]), and so does any path that is not a regular file. Seeding opens
-//! read-only; only a writable torrent opens read-write (creating the file and its parent
-//! directories, each created relative to an already-verified parent directory descriptor).
+//! ([`StorageError::UnsafePath`]); a path that is not a regular file is
+//! [`StorageError::NotRegularFile`]. A symlink
+//! that stays inside the save directory is followed. This is the one rule for data files: the
+//! start-up hash ([`crate::hash`]) opens through [`open_data_file`] too, so what is checked is
+//! what is served. Opens use `O_NONBLOCK` (a FIFO planted where a file should be would otherwise
+//! block the opening thread until a writer appears); the flag is cleared once `fstat` shows a
+//! regular file, so io_uring reads of it behave as usual. Seeding opens read-only; only a
+//! writable torrent opens read-write (creating the file and its parent directories, each
+//! created relative to an already-verified parent directory descriptor).
 //!
 //! **The table.** A fixed number of slots (`cap`), each either free or holding one open file that
 //! is installed at the same index in the ring's sparse registered-file table. An LRU maps
@@ -392,7 +398,12 @@ pub fn open_data_file(
         return Err(StorageError::UnsafePath { path: full });
     }
     let fd = match mode {
-        OpenMode::ReadOnly => openat2(root_fd, &cstring(rel)?, libc::O_RDONLY, 0)
+        OpenMode::ReadOnly => openat2(
+            root_fd,
+            &cstring(rel)?,
+            libc::O_RDONLY | libc::O_NONBLOCK,
+            0,
+        )
             .map_err(|e| classify(&full, e, mode))?,
         OpenMode::ReadWrite => {
             let parent_fd = match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -406,7 +417,7 @@ pub fn open_data_file(
             openat2(
                 dir,
                 &cstring(Path::new(name))?,
-                libc::O_RDWR | libc::O_CREAT,
+                libc::O_RDWR | libc::O_CREAT | libc::O_NONBLOCK,
                 0o644,
             )
             .map_err(|e| classify(&full, e, mode))?
@@ -419,7 +430,16 @@ pub fn open_data_file(
         return Err(StorageError::from_io(full, std::io::Error::last_os_error()));
     }
     if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(StorageError::UnsafePath { path: full });
+        return Err(StorageError::NotRegularFile { path: full });
+    }
+    // A regular file: back to blocking mode (io_uring would otherwise answer EAGAIN for reads
+    // it could serve by waiting on the disk).
+    // SAFETY: fcntl on a valid descriptor we own, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0
+        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } != 0
+    {
+        return Err(StorageError::from_io(full, std::io::Error::last_os_error()));
     }
     Ok(fd)
 }
@@ -583,10 +603,25 @@ mod tests {
         let rf = rfd.as_raw_fd();
         let p = root.path();
         assert!(open_data_file(rf, p, Path::new("ok"), OpenMode::ReadOnly).is_ok());
-        for bad in ["link", "../x", "/etc/passwd", "d", ""] {
+        for bad in ["link", "../x", "/etc/passwd", ""] {
             let e = open_data_file(rf, p, Path::new(bad), OpenMode::ReadOnly).unwrap_err();
             assert!(matches!(e, StorageError::UnsafePath { .. }), "{bad}: {e:?}");
         }
+        let e = open_data_file(rf, p, Path::new("d"), OpenMode::ReadOnly).unwrap_err();
+        assert!(matches!(e, StorageError::NotRegularFile { .. }), "{e:?}");
+        // A symlink that stays inside the save directory is followed (the hash check follows
+        // the same rule), and the file opens in blocking mode.
+        symlink("ok", root.path().join("inside")).unwrap();
+        let fd = open_data_file(rf, p, Path::new("inside"), OpenMode::ReadOnly).unwrap();
+        // SAFETY: F_GETFL on a descriptor we own.
+        let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
+        // A FIFO is refused at once, not waited on.
+        let fifo = std::ffi::CString::new(root.path().join("fifo").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let e = open_data_file(rf, p, Path::new("fifo"), OpenMode::ReadOnly).unwrap_err();
+        assert!(matches!(e, StorageError::NotRegularFile { .. }), "{e:?}");
         let e = open_data_file(rf, p, Path::new("dirlink/new"), OpenMode::ReadWrite).unwrap_err();
         assert!(matches!(e, StorageError::UnsafePath { .. }), "{e:?}");
         assert!(!outside.path().join("new").exists());

@@ -26,13 +26,16 @@
 
 use std::fs::File;
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use sha1::{Digest, Sha1};
 
+use crate::error::StorageError;
+use crate::files;
 use crate::layout::Layout;
 use crate::sha1x16::{self, Sha1x16, LANES};
 
@@ -142,6 +145,7 @@ pub fn hash_pieces_with(
             chunk,
             open: Vec::with_capacity(OPEN_FILES),
             lanes: Vec::new(),
+            root_fd: None,
         };
         loop {
             let unit = next.fetch_add(1, Ordering::Relaxed);
@@ -193,6 +197,35 @@ pub fn hash_pieces_with(
     out
 }
 
+/// Opens `path` as given (links followed): regular files only, and a FIFO never blocks.
+fn open_as_given(index: usize, path: PathBuf) -> Result<File, HashError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+    {
+        Ok(f) if !f.metadata().is_ok_and(|m| m.is_file()) => Err(HashError::Io {
+            file_index: index,
+            path,
+            message: "not a regular file".into(),
+        }),
+        Ok(f) => {
+            advise_sequential(&f);
+            Ok(f)
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Err(HashError::Missing {
+            file_index: index,
+            path,
+        }),
+        Err(e) => Err(HashError::Io {
+            file_index: index,
+            path,
+            message: e.to_string(),
+        }),
+    }
+}
+
 struct Worker<'a> {
     layout: &'a Layout,
     root: &'a Path,
@@ -204,11 +237,58 @@ struct Worker<'a> {
     open: Vec<(usize, Result<File, HashError>)>,
     /// Sixteen lanes of `chunk` bytes (+ a page for alignment), allocated on first use.
     lanes: Vec<u8>,
+    /// The save directory, opened on first use (or why it could not be).
+    root_fd: Option<Result<std::os::fd::OwnedFd, String>>,
 }
 
 impl Worker<'_> {
     fn path(&self, index: usize) -> PathBuf {
         self.root.join(&self.layout.files()[index].path)
+    }
+
+    /// Opens file `index` by the serving path's rule ([`files::open_data_file`]: beneath the
+    /// save directory, no symlink out of it, regular files only, a FIFO never blocks), so that
+    /// what the check hashes is what the server will read. With an empty root (`create`, which
+    /// hashes the user's own files by the paths it scanned) the path is opened as given.
+    fn open_file(&mut self, index: usize, path: PathBuf) -> Result<File, HashError> {
+        if self.root.as_os_str().is_empty() {
+            return open_as_given(index, path);
+        }
+        if self.root_fd.is_none() {
+            self.root_fd = Some(files::open_root(self.root).map_err(|e| e.to_string()));
+        }
+        let root_fd = match &self.root_fd {
+            Some(Ok(fd)) => fd.as_raw_fd(),
+            Some(Err(_)) | None => {
+                return Err(HashError::Missing {
+                    file_index: index,
+                    path,
+                })
+            }
+        };
+        let rel = &self.layout.files()[index].path;
+        match files::open_data_file(root_fd, self.root, rel, files::OpenMode::ReadOnly) {
+            Ok(fd) => {
+                let f = File::from(fd);
+                advise_sequential(&f);
+                Ok(f)
+            }
+            Err(StorageError::FileMissing { .. }) => Err(HashError::Missing {
+                file_index: index,
+                path,
+            }),
+            Err(e) => Err(HashError::Io {
+                file_index: index,
+                path,
+                message: match e {
+                    StorageError::UnsafePath { .. } => {
+                        "outside the save directory (a symlink out of it)".into()
+                    }
+                    StorageError::NotRegularFile { .. } => "not a regular file".into(),
+                    e => e.to_string(),
+                },
+            }),
+        }
     }
 
     fn file(&mut self, index: usize) -> Result<&File, HashError> {
@@ -221,32 +301,7 @@ impl Worker<'_> {
                 drop(self.open.remove(0));
             }
             let path = self.path(index);
-            // O_NONBLOCK: opening a FIFO put where a file should be must not hang (it has no
-            // effect on reads of regular files); anything but a regular file is refused.
-            let opened = match std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&path)
-            {
-                Ok(f) if !f.metadata().is_ok_and(|m| m.is_file()) => Err(HashError::Io {
-                    file_index: index,
-                    path,
-                    message: "not a regular file".into(),
-                }),
-                Ok(f) => {
-                    advise_sequential(&f);
-                    Ok(f)
-                }
-                Err(e) if e.kind() == ErrorKind::NotFound => Err(HashError::Missing {
-                    file_index: index,
-                    path,
-                }),
-                Err(e) => Err(HashError::Io {
-                    file_index: index,
-                    path,
-                    message: e.to_string(),
-                }),
-            };
+            let opened = self.open_file(index, path);
             self.open.push((index, opened));
         }
         match self.open.last() {
@@ -538,6 +593,29 @@ mod tests {
                 file_index: 0,
                 path: fifo,
                 message: "not a regular file".into()
+            })]
+        );
+    }
+
+    #[test]
+    fn symlinks_follow_the_serving_rule() {
+        // Inside the save directory: followed. Out of it: refused, as the server refuses it.
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let a = data(20_000, 4);
+        std::fs::write(dir.path().join("real"), &a).unwrap();
+        std::fs::write(outside.path().join("secret"), &a).unwrap();
+        std::os::unix::fs::symlink("real", dir.path().join("inside")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("out")).unwrap();
+        let layout = Layout::new(vec![fe("inside", 20_000, false)], 32768).unwrap();
+        assert_eq!(hash_pieces(&layout, dir.path(), 1, &|_| {}), vec![Ok(sha(&a))]);
+        let layout = Layout::new(vec![fe("out", 20_000, false)], 32768).unwrap();
+        assert_eq!(
+            hash_pieces(&layout, dir.path(), 1, &|_| {}),
+            vec![Err(HashError::Io {
+                file_index: 0,
+                path: dir.path().join("out"),
+                message: "outside the save directory (a symlink out of it)".into()
             })]
         );
     }

@@ -119,6 +119,17 @@ fn element(path: &Path, name: &std::ffi::OsStr) -> Result<String, CreateError> {
     })
 }
 
+/// Whether the symlink `link` is relative and resolves beneath `save_root`, as
+/// `RESOLVE_BENEATH` demands.
+fn link_stays_beneath(link: &Path, save_root: &Option<PathBuf>) -> bool {
+    let relative = std::fs::read_link(link).is_ok_and(|t| t.is_relative());
+    let inside = match (save_root, std::fs::canonicalize(link)) {
+        (Some(root), Ok(target)) => target.starts_with(root),
+        _ => false,
+    };
+    relative && inside
+}
+
 impl Source {
     /// Scans `path` (a file or a directory). Walks directories iteratively.
     pub fn scan(path: &Path) -> Result<Source, CreateError> {
@@ -155,6 +166,13 @@ impl Source {
         }
         let mut files: Vec<SourceFile> = Vec::new();
         let mut skipped = Vec::new();
+        // A seeder opens data beneath its save directory (the parent of this directory) and
+        // follows no symlink out of it, nor any absolute one (RESOLVE_BENEATH): a link it would
+        // refuse is left out here, so that `create` never makes a torrent our seeder refuses.
+        let save_root = std::fs::canonicalize(path)
+            .map_err(io(path))?
+            .parent()
+            .map(Path::to_path_buf);
         // (directory on disk, its path elements below the root)
         let mut stack: Vec<(PathBuf, Vec<String>)> = vec![(path.to_path_buf(), Vec::new())];
         while let Some((dir, prefix)) = stack.pop() {
@@ -171,6 +189,15 @@ impl Source {
                 }
                 let meta = if ft.is_symlink() {
                     match std::fs::metadata(&disk_path) {
+                        Ok(m) if m.is_file() && !link_stays_beneath(&disk_path, &save_root) => {
+                            skipped.push((
+                                disk_path,
+                                "link that is absolute or leaves the save directory (a seeder \
+                                 would refuse it)"
+                                    .into(),
+                            ));
+                            continue;
+                        }
                         Ok(m) if m.is_file() => m,
                         Ok(m) if m.is_dir() => {
                             skipped.push((disk_path, "link to a directory, not followed".into()));
