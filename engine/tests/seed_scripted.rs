@@ -934,3 +934,91 @@ fn connection_flood_and_slowloris_are_bounded_by_max_peers_and_the_handshake_tim
     // And an honest peer is served afterwards.
     download_all(addr, &f);
 }
+
+#[test]
+fn a_file_truncated_under_the_seeder_stops_its_pieces_without_a_log_storm() {
+    // Two files: a.bin (pieces 0..4) and b.bin (pieces 4..8), 32 KiB pieces.
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("data").join("two");
+    std::fs::create_dir_all(&content).unwrap();
+    let a = data(4 * 32768, 1);
+    let b = data(4 * 32768, 2);
+    std::fs::write(content.join("a.bin"), &a).unwrap();
+    std::fs::write(content.join("b.bin"), &b).unwrap();
+    let torrent = dir.path().join("two.torrent");
+    let out = Command::new(BIN)
+        .args(["create", "--piece-length", "32768", "-o"])
+        .arg(&torrent)
+        .arg(&content)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let meta = uring_bt::torrent::load::metainfo_from_file(&torrent).unwrap();
+    let f = Fixture {
+        torrent,
+        data_dir: dir.path().join("data"),
+        content: [a.clone(), b].concat(),
+        piece_length: 32768,
+        info_hash: meta.info_hash,
+        _dir: dir,
+    };
+    let (_seeder, addr) = start_seeder(&f, &["--status-interval", "1"]);
+    let (mut p, _) = Scripted::connect(addr, f.info_hash, true);
+    p.recv().unwrap();
+    p.unchoked();
+    let req = |piece: u32, begin: u32| BlockRef {
+        piece,
+        begin,
+        len: 16384,
+    };
+    p.send(&Message::Request(req(5, 0)));
+    assert!(matches!(
+        p.recv_until(|m| matches!(m, OwnedMessage::Piece { .. })),
+        Some(OwnedMessage::Piece { piece: 5, .. })
+    ));
+    // b.bin shrinks to 1 KiB while we seed.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(f.data_dir.join("two/b.bin"))
+        .unwrap()
+        .set_len(1024)
+        .unwrap();
+    // Fifty requests for b.bin's pieces: each REJECTed, none answered with data, no disconnect.
+    for i in 0..50u32 {
+        p.send(&Message::Request(req(4 + i % 4, (i / 4 % 2) * 16384)));
+    }
+    let mut rejects = 0;
+    while rejects < 50 {
+        match p.recv().expect("disconnected") {
+            OwnedMessage::Reject(_) => rejects += 1,
+            OwnedMessage::Piece { piece, .. } => panic!("served piece {piece} of a short file"),
+            _ => {}
+        }
+    }
+    // a.bin is still served, with the right bytes.
+    p.send(&Message::Request(req(1, 16384)));
+    match p.recv_until(|m| matches!(m, OwnedMessage::Piece { .. })) {
+        Some(OwnedMessage::Piece { piece: 1, data, .. }) => {
+            assert_eq!(&data[..], &a[32768 + 16384..65536])
+        }
+        other => panic!("{other:?}"),
+    }
+    // The status line names the error; the log has it once, not once per request.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !seeder_stderr(&f).contains("ERROR") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let err = seeder_stderr(&f);
+    assert!(
+        err.lines().any(|l| l.starts_with("status: ")
+            && l.contains("ERROR")
+            && l.contains("b.bin")
+            && l.contains("4 of 8 pieces unavailable")),
+        "{err}"
+    );
+    let logged = err.lines().filter(|l| l.contains("storage:")).count();
+    assert_eq!(logged, 1, "{err}");
+    // A new peer is offered only what can be served: a BITFIELD without b.bin's pieces.
+    let (mut q, _) = Scripted::connect(addr, f.info_hash, true);
+    assert_eq!(q.recv().unwrap(), OwnedMessage::Bitfield(vec![0xF0]));
+}

@@ -45,6 +45,13 @@ pub async fn control_loop(
                         human_bytes(rate as u64),
                         human_bytes(up)
                     ));
+                    if let Some(err) = t.error() {
+                        line.push_str(&format!(
+                            ", ERROR {err} ({} of {} pieces unavailable)",
+                            t.unavailable(),
+                            t.layout.num_pieces()
+                        ));
+                    }
                 }
                 if tty {
                     eprint!("\r\x1b[2K{line}");

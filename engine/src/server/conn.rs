@@ -223,10 +223,11 @@ fn attach(shard: &Shard, key: usize) -> Result<usize, Closed> {
         last_piece_length: layout.piece_size(n - 1),
         seed: torrent.is_seed(),
     };
+    // A torrent with pieces that failed (their check or their read) is offered without them.
     let have = if view.seed {
         Vec::new()
     } else {
-        torrent.have.to_bytes()
+        torrent.servable_bitfield()
     };
     slot.session.attach(&view, &have);
     Ok(t)

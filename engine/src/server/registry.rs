@@ -8,14 +8,19 @@
 //! - `have`: we hold the piece (seed: all of them).
 //! - `verified`: the piece's hash was checked against the metainfo (after a full check, all of
 //!   them; with `--skip-check`, set the first time a piece is served and its hash matches).
-//! - `failed`: the piece failed its hash check; it is never sent.
+//! - `failed`: the piece failed its hash check, or its data could not be read (a file missing,
+//!   shorter than the torrent says, not a regular file, or an I/O error): it is never sent
+//!   again, and requests for it are refused without touching the disk (no retry storm). The
+//!   first storage error of each kind is kept as the torrent's error, shown in the status line,
+//!   and logged once, not per block.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use uring_bt_proto::layout::Layout;
+use uring_bt_storage::error::{ErrorAction, StorageError};
 
 /// A fixed-size bitfield of atomics, one bit per piece.
 #[derive(Debug)]
@@ -132,6 +137,9 @@ pub struct Torrent {
     pub verified: AtomicBits,
     pub failed: AtomicBits,
     pub stats: TorrentStats,
+    /// The first storage error that made pieces unservable, for the status line (rare: taken
+    /// only when a piece newly fails).
+    pub error: Mutex<Option<String>>,
 }
 
 impl Torrent {
@@ -157,7 +165,82 @@ impl Torrent {
             verified: AtomicBits::new(n, verified),
             failed: AtomicBits::new(n, false),
             stats: TorrentStats::default(),
+            error: Mutex::new(None),
         }
+    }
+
+    /// A storage error while serving piece `piece`. A bad request changes nothing; a file that
+    /// is missing, short, not a regular file or out of the save directory makes every piece of
+    /// that file unservable; any other I/O error (EIO) makes this piece unservable. Returns true
+    /// when this error newly failed pieces (the caller logs it; repeats are silent).
+    pub fn on_storage_error(&self, piece: u32, e: &StorageError) -> bool {
+        if e.action() == ErrorAction::RejectRequest {
+            return false;
+        }
+        let whole_file = matches!(
+            e,
+            StorageError::FileMissing { .. }
+                | StorageError::FileTooShort { .. }
+                | StorageError::NotRegularFile { .. }
+                | StorageError::UnsafePath { .. }
+        );
+        let path = match e {
+            StorageError::FileMissing { path }
+            | StorageError::FileTooShort { path, .. }
+            | StorageError::NotRegularFile { path }
+            | StorageError::UnsafePath { path }
+            | StorageError::Io { path, .. } => Some(path),
+            _ => None,
+        };
+        let file = path.and_then(|path| {
+            self.layout
+                .piece_files(piece)
+                .find(|&i| self.root.join(&self.layout.files()[i].path) == *path)
+        });
+        let pieces = match file {
+            Some(i) if whole_file => self.layout.file_pieces(i),
+            _ => piece..piece.saturating_add(1),
+        };
+        let mut news = 0u64;
+        for p in pieces {
+            if self.failed.set(p) {
+                news += 1;
+            }
+        }
+        if news == 0 {
+            return false;
+        }
+        self.stats.pieces_failed.fetch_add(news, Ordering::Relaxed);
+        self.note_error(|| e.to_string());
+        true
+    }
+
+    /// Keeps `reason` as the torrent's error unless it has one.
+    pub fn note_error(&self, reason: impl FnOnce() -> String) {
+        if let Ok(mut err) = self.error.lock() {
+            err.get_or_insert_with(reason);
+        }
+    }
+
+    /// Pieces that can no longer be served (failed their check or their read).
+    pub fn unavailable(&self) -> u32 {
+        self.failed.count()
+    }
+
+    /// The torrent's storage error, if any.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// What we offer a new peer: every piece we have that has not failed (BEP 3 bitfield).
+    pub fn servable_bitfield(&self) -> Vec<u8> {
+        let mut out = self.have.to_bytes();
+        for p in 0..self.failed.len() {
+            if self.failed.get(p) {
+                out[(p / 8) as usize] &= !(0x80 >> (p % 8));
+            }
+        }
+        out
     }
 
     /// Whether piece `p` may be sent: we have it and it has not failed verification.
@@ -166,8 +249,9 @@ impl Torrent {
         self.have.get(p) && !self.failed.get(p)
     }
 
+    /// We have, and can serve, every piece.
     pub fn is_seed(&self) -> bool {
-        self.have.all()
+        self.have.all() && self.failed.count() == 0
     }
 }
 

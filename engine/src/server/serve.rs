@@ -57,11 +57,16 @@ async fn ensure_verified(shard: &Shard, torrent: &Torrent, p: u32) -> bool {
                     .pieces_failed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(torrent = %torrent.name, piece = p, "piece failed its hash check; it will not be served");
+                torrent
+                    .note_error(|| format!("piece {p} failed its hash check (the data changed)"));
             }
             false
         }
         Err(e) => {
-            tracing::warn!(torrent = %torrent.name, piece = p, "cannot read piece to verify it: {e}");
+            // Failed for good (no re-hash per request); logged once per newly failed piece.
+            if torrent.on_storage_error(p, &e) || torrent.failed.set(p) {
+                tracing::warn!(torrent = %torrent.name, piece = p, "cannot read piece to verify it: {e}; it will not be served");
+            }
             false
         }
     }
@@ -122,16 +127,14 @@ pub async fn read_batch(
                 ready.served.push(r);
             }
             Err(e) => {
-                report_storage_error(torrent, &e);
+                if torrent.on_storage_error(r.piece, &e) {
+                    tracing::warn!(torrent = %torrent.name, piece = r.piece, "storage: {e}; the pieces it touches will not be served");
+                }
                 refuse(shard, key, torrent, r);
             }
         }
     }
     ready
-}
-
-fn report_storage_error(torrent: &Torrent, e: &StorageError) {
-    tracing::warn!(torrent = %torrent.name, "storage: {e}");
 }
 
 /// Runs the block reads of one batch together, so the storage ring submits them in one call.
