@@ -685,6 +685,42 @@ fn proc_status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {key} in /proc/{pid}/status"))
 }
 
+/// The inode of the seeder's socket of the loopback connection from our port `remote` to its
+/// port `local`.
+fn socket_inode(local: u16, remote: u16) -> Option<String> {
+    let tcp = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    tcp.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        let port = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap_or(""), 16).ok();
+        (f.len() > 9 && port(f[1]) == Some(local) && port(f[2]) == Some(remote))
+            .then(|| f[9].to_string())
+    })
+}
+
+/// Whether process `pid` holds a descriptor of socket `inode`.
+fn holds_socket(pid: u32, inode: &str) -> bool {
+    let want = format!("socket:[{inode}]");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .any(|l| l.to_string_lossy() == want)
+}
+
+/// The seeder's descriptors once it is idle: its control plane's runtime starts after the
+/// `listening:` line, so wait until the count has been steady for half a second.
+fn idle_fds(pid: u32) -> usize {
+    let mut last = open_fds(pid);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = open_fds(pid);
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -731,7 +767,13 @@ fn hostile(addr: SocketAddr, info_hash: [u8; 20], abuse: Abuse, until: Instant) 
     }
     s.set_nonblocking(true).unwrap();
     let mut chunk = Vec::new();
-    for i in 0..512u32 {
+    // 1,500 blocks (24 MiB): more than socket buffers hold, fewer than the default reqq (2000).
+    let n = if let Abuse::RequestNeverRead = abuse {
+        1500
+    } else {
+        512
+    };
+    for i in 0..n {
         let b = BlockRef {
             piece: i % 64,
             begin: 0,
@@ -742,12 +784,27 @@ fn hostile(addr: SocketAddr, info_hash: [u8; 20], abuse: Abuse, until: Instant) 
                 wire::encode(&Message::Request(b), &mut chunk);
                 wire::encode(&Message::Cancel(b), &mut chunk);
             }
-            Abuse::RequestNeverRead => wire::encode(&Message::Request(b), &mut chunk),
+            Abuse::RequestNeverRead => {
+                // Within reqq (no strike): the abuse is only that it never reads the PIECEs.
+                wire::encode(&Message::Request(b), &mut chunk);
+            }
             Abuse::InterestFlip => {
                 wire::encode(&Message::NotInterested, &mut chunk);
                 wire::encode(&Message::Interested, &mut chunk);
             }
         }
+    }
+    if let Abuse::RequestNeverRead = abuse {
+        // One burst of requests, then keep-alives (no reply) until the seeder drops us.
+        s.set_nonblocking(false).unwrap();
+        s.write_all(&chunk).unwrap();
+        while Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(200));
+            if s.write_all(&[0, 0, 0, 0]).is_err() {
+                return true;
+            }
+        }
+        return false;
     }
     let mut at = 0;
     while Instant::now() < until {
@@ -888,7 +945,7 @@ fn connection_flood_and_slowloris_are_bounded_by_max_peers_and_the_handshake_tim
     let f = fixture(1 << 20);
     let (seeder, addr) = start_seeder(&f, &["--max-peers", "40", "--handshake-timeout", "2"]);
     let pid = seeder.0.id();
-    let fds_idle = open_fds(pid);
+    let fds_idle = idle_fds(pid);
     // 300 connections as fast as we can; each sends half a handshake and then nothing.
     let mut conns = Vec::new();
     for _ in 0..300 {
@@ -1021,4 +1078,59 @@ fn a_file_truncated_under_the_seeder_stops_its_pieces_without_a_log_storm() {
     // A new peer is offered only what can be served: a BITFIELD without b.bin's pieces.
     let (mut q, _) = Scripted::connect(addr, f.info_hash, true);
     assert_eq!(q.recv().unwrap(), OwnedMessage::Bitfield(vec![0xF0]));
+}
+
+#[test]
+fn a_peer_closing_while_the_pool_is_exhausted_is_released_at_once() {
+    let f = fixture(4 << 20);
+    // One buffer in all (a stalled send holds at least the frame it is stuck in); a stalled
+    // write is cut after 6 s.
+    let (seeder, addr) = start_seeder(
+        &f,
+        &["--buffers", "1", "--batch", "1", "--write-timeout", "6"],
+    );
+    let pid = seeder.0.id();
+    let fds_idle = idle_fds(pid);
+    // A: requests a lot and never reads: its stalled sends hold the pool.
+    let until = Instant::now() + Duration::from_secs(15);
+    let ih = f.info_hash;
+    let a = std::thread::spawn(move || hostile(addr, ih, Abuse::RequestNeverRead, until));
+    std::thread::sleep(Duration::from_millis(1500));
+    // B: asks for a block, which waits for a buffer, then hangs up.
+    let (mut b, _) = Scripted::connect(addr, f.info_hash, true);
+    b.recv().unwrap();
+    b.unchoked();
+    b.send(&Message::Request(BlockRef {
+        piece: 3,
+        begin: 0,
+        len: 16384,
+    }));
+    // It is not served: A's stalled send holds the only buffer.
+    b.s.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    assert!(b
+        .recv_until(|m| matches!(m, OwnedMessage::Piece { .. }))
+        .is_none());
+    let b_port = b.s.local_addr().unwrap().port();
+    let inode = socket_inode(addr.port(), b_port).expect("the seeder's socket of B");
+    assert!(holds_socket(pid, &inode));
+    drop(b);
+    // B's descriptor is released within a second, although the pool is still empty: A's write
+    // timeout has not fired yet.
+    let t = Instant::now();
+    while holds_socket(pid, &inode) && t.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !holds_socket(pid, &inode) && t.elapsed() < Duration::from_secs(1),
+        "the seeder kept the closed peer's descriptor for {:?} ({} fds, {fds_idle} idle)",
+        t.elapsed(),
+        open_fds(pid)
+    );
+    // A is dropped by the write timeout, and a new peer is served.
+    assert!(
+        a.join().unwrap(),
+        "the peer that never reads was not dropped"
+    );
+    download_all(addr, &f);
 }

@@ -310,7 +310,7 @@ async fn writer(
                 res.map_err(|e| format!("write: {e}"))?;
             }
             if !reqs.is_empty() {
-                let next = read_batch(&shard, key, &torrent, &mut reqs);
+                let next = read_batch(&shard, key, &torrent, &mut reqs, sending.is_some(), &wake);
                 let ready = match sending.take() {
                     Some(s) => {
                         let (sent, ready) = join2(s, next).await;

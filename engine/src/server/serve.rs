@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::Poll;
 
+use tokio::sync::Notify;
 use tokio_uring::buf::Slice;
 use uring_bt_proto::wire::BlockRef;
 use uring_bt_storage::pool::PoolBuf;
@@ -72,6 +73,35 @@ async fn ensure_verified(shard: &Shard, torrent: &Torrent, p: u32) -> bool {
     }
 }
 
+/// Waits for a pool buffer, or returns `None` once the connection is closing. Dropping the
+/// pool's `Take` is safe: a wake it was handed passes on to the next waiter.
+async fn first_buffer(shard: &Rc<Shard>, key: usize, wake: &Notify) -> Option<PoolBuf> {
+    let closing = || shard.peers.borrow().get(key).is_none_or(|s| s.closing);
+    if closing() {
+        return None;
+    }
+    if let Some(b) = shard.pool.try_take() {
+        return Some(b);
+    }
+    // One place in the pool's queue for the whole wait; the writer's wake (new work, or the
+    // connection closing) is re-armed until it means closing.
+    let mut take = std::pin::pin!(shard.pool.take());
+    let mut woken = std::pin::pin!(wake.notified());
+    std::future::poll_fn(|cx| loop {
+        if let Poll::Ready(b) = take.as_mut().poll(cx) {
+            return Poll::Ready(Some(b));
+        }
+        if woken.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if closing() {
+            return Poll::Ready(None);
+        }
+        woken.set(wake.notified());
+    })
+    .await
+}
+
 /// A batch of blocks read and framed, ready to send.
 pub struct Ready {
     pub frames: Vec<Slice<PoolBuf>>,
@@ -82,11 +112,20 @@ pub struct Ready {
 /// Reads the blocks of `reqs` together into pool buffers (one ring submission) and frames them.
 /// Requests that may not be served are refused; requests left without a free buffer stay in
 /// `reqs` for the next batch.
+///
+/// Buffers: one per block. A batch read while the connection's previous batch is still being
+/// sent (`ahead`) takes only buffers that are free right now, and only while more than half the
+/// pool is free: a peer whose send stalls (it stopped reading) then holds one batch, not two,
+/// and read-ahead never starves other peers. Otherwise the first buffer is waited for
+/// (backpressure), unless the connection closes meanwhile (`wake` fires and the slot is
+/// closing): a closing writer never waits in the pool.
 pub async fn read_batch(
     shard: &Rc<Shard>,
     key: usize,
     torrent: &Torrent,
     reqs: &mut Vec<BlockRef>,
+    ahead: bool,
+    wake: &Notify,
 ) -> Ready {
     let tid = shard.tids[torrent.index];
     let mut ready = Ready {
@@ -108,9 +147,24 @@ pub async fn read_batch(
     if reqs.is_empty() {
         return ready;
     }
-    // One buffer per block: wait for the first (backpressure), take the rest only if free.
     let mut bufs = Vec::with_capacity(reqs.len());
-    bufs.push(shard.pool.take().await);
+    if ahead {
+        let reserve = shard.pool.capacity() / 2;
+        while bufs.len() < reqs.len() && shard.pool.available() > reserve {
+            match shard.pool.try_take() {
+                Some(b) => bufs.push(b),
+                None => break,
+            }
+        }
+        if bufs.is_empty() {
+            return ready;
+        }
+    } else {
+        match first_buffer(shard, key, wake).await {
+            Some(b) => bufs.push(b),
+            None => return ready,
+        }
+    }
     while bufs.len() < reqs.len() {
         match shard.pool.try_take() {
             Some(b) => bufs.push(b),
