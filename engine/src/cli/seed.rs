@@ -382,6 +382,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     if tty {
         eprintln!();
     }
+    eprintln!("{}", registry.server.summary());
     eprintln!(
         "stopped: {} served to {peers} peers; {dropped} dropped for misbehaving",
         human_bytes(total)

@@ -255,11 +255,42 @@ impl Torrent {
     }
 }
 
+/// Relaxed counters of the whole server, summed over shards (each shard adds its own).
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Connections accepted / refused because the shard was full.
+    pub accepted: AtomicU64,
+    pub refused_full: AtomicU64,
+    /// `accept` failures (EMFILE, ENFILE, ENOBUFS...).
+    pub accept_errors: AtomicU64,
+    /// Data files opened into, and evicted from, the shards' registered-file tables.
+    pub file_opens: AtomicU64,
+    pub file_evictions: AtomicU64,
+}
+
+impl ServerStats {
+    /// One line for the end of a run.
+    pub fn summary(&self) -> String {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        format!(
+            "server: {} connections accepted, {} refused (full), {} accept errors; data files \
+             opened {} times, evicted {} times",
+            l(&self.accepted),
+            l(&self.refused_full),
+            l(&self.accept_errors),
+            l(&self.file_opens),
+            l(&self.file_evictions)
+        )
+    }
+}
+
 /// Every torrent of this process, looked up by info hash.
 #[derive(Debug, Default)]
 pub struct Registry {
     torrents: Vec<Arc<Torrent>>,
     by_hash: HashMap<[u8; 20], usize>,
+    /// Counters of the server as a whole.
+    pub server: ServerStats,
 }
 
 impl Registry {

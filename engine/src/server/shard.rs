@@ -19,7 +19,7 @@ use uring_bt_storage::pool::BufPool;
 use uring_bt_storage::uring::{UringConfig, UringStore};
 
 use crate::server::registry::Registry;
-use crate::server::state::{Shard, ShardConfig, ShardCounters, TICK};
+use crate::server::state::{Shard, ShardConfig, TICK};
 
 /// Binds `n` listeners on `addr` with SO_REUSEPORT (the kernel spreads inbound connections over
 /// them). With port 0 the first socket picks the port and the others join it. Returns them with
@@ -106,7 +106,7 @@ async fn run(
         fill_pending: RefCell::new(vec![false; n]),
         fill_wake: tokio::sync::Notify::new(),
         peers: RefCell::new(Slab::with_capacity(cfg.max_peers.min(4096))),
-        counters: ShardCounters::default(),
+        published: std::cell::Cell::new((0, 0)),
         cfg,
         registry,
         pool,
@@ -128,20 +128,27 @@ async fn accept_loop(shard: Rc<Shard>, listener: tokio_uring::net::TcpListener) 
                 let full = shard.peers.borrow().len() >= shard.cfg.max_peers;
                 if full {
                     shard
-                        .counters
+                        .registry
+                        .server
                         .refused_full
-                        .set(shard.counters.refused_full.get() + 1);
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     drop(stream); // closes it
                     continue;
                 }
                 shard
-                    .counters
+                    .registry
+                    .server
                     .accepted
-                    .set(shard.counters.accepted.get() + 1);
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio_uring::spawn(crate::server::conn::run(shard.clone(), stream, addr));
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: out of a resource; back off instead of spinning.
+                shard
+                    .registry
+                    .server
+                    .accept_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(shard = shard.cfg.index, "accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
@@ -173,5 +180,6 @@ async fn ticker(shard: Rc<Shard>) {
         for t in 0..shard.registry.torrents().len() {
             shard.rechoke(t, now, &mut choker_input, false);
         }
+        shard.publish_stats();
     }
 }

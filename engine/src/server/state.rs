@@ -10,6 +10,7 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -129,13 +130,6 @@ impl PeerSlot {
     }
 }
 
-/// Counters of one shard, for tests and the status line.
-#[derive(Debug, Default)]
-pub struct ShardCounters {
-    pub accepted: Cell<u64>,
-    pub refused_full: Cell<u64>,
-}
-
 /// A shard's state, shared by its tasks (single thread).
 pub struct Shard {
     pub cfg: ShardConfig,
@@ -152,10 +146,24 @@ pub struct Shard {
     /// of the task that does it ([`filler`]) at most every [`FILL_INTERVAL`].
     pub fill_pending: RefCell<Vec<bool>>,
     pub fill_wake: Notify,
-    pub counters: ShardCounters,
+    /// The storage ring's file-table counters already added to the registry's `ServerStats`.
+    pub published: Cell<(u64, u64)>,
 }
 
 impl Shard {
+    /// Adds what the storage ring's file table did since the last call to the server's counters.
+    pub fn publish_stats(&self) {
+        let st = self.store.stats();
+        let (opens, evictions) = self.published.replace((st.opens, st.evictions));
+        let server = &self.registry.server;
+        server
+            .file_opens
+            .fetch_add(st.opens.saturating_sub(opens), Ordering::Relaxed);
+        server
+            .file_evictions
+            .fetch_add(st.evictions.saturating_sub(evictions), Ordering::Relaxed);
+    }
+
     /// A peer of torrent `t` changed its interest: its choker fills free slots soon (rate
     /// limited, see [`FILL_INTERVAL`]).
     pub fn want_fill(&self, t: usize) {
