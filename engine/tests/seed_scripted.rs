@@ -1134,3 +1134,57 @@ fn a_peer_closing_while_the_pool_is_exhausted_is_released_at_once() {
     );
     download_all(addr, &f);
 }
+
+#[test]
+fn data_altered_under_the_seeder_is_checked_again_and_never_sent() {
+    let f = fixture(300_000); // 10 pieces of 32 KiB
+    let (_seeder, addr) = start_seeder(&f, &[]);
+    let (mut p, _) = Scripted::connect(addr, f.info_hash, true);
+    p.recv().unwrap();
+    p.unchoked();
+    let req = |piece: u32| BlockRef {
+        piece,
+        begin: 0,
+        len: 16384,
+    };
+    p.send(&Message::Request(req(2)));
+    assert!(matches!(
+        p.recv_until(|m| matches!(m, OwnedMessage::Piece { .. })),
+        Some(OwnedMessage::Piece { piece: 2, .. })
+    ));
+    // One byte of piece 2 changes on disk (same size, new mtime).
+    std::thread::sleep(Duration::from_millis(20));
+    let path = f.data_dir.join("payload.bin");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[2 * 32768 + 100] ^= 0xFF;
+    std::fs::write(&path, &bytes).unwrap();
+    // The read that follows sees the new mtime: what it read is not sent, the file's pieces are
+    // checked again, piece 2 no longer matches its hash and is refused; never is the changed
+    // byte sent. An unchanged piece of the same file is checked again and still served.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        p.send(&Message::Request(req(2)));
+        match p.recv_until(|m| matches!(m, OwnedMessage::Piece { .. } | OwnedMessage::Reject(_))) {
+            Some(OwnedMessage::Reject(_)) => break,
+            Some(OwnedMessage::Piece { data, .. }) => {
+                assert_eq!(
+                    &data[..],
+                    &f.content[2 * 32768..2 * 32768 + 16384],
+                    "a changed byte was sent"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Instant::now() < deadline, "the change was never noticed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    p.send(&Message::Request(req(3)));
+    match p.recv_until(|m| matches!(m, OwnedMessage::Piece { .. } | OwnedMessage::Reject(_))) {
+        Some(OwnedMessage::Piece { piece: 3, data, .. }) => {
+            assert_eq!(&data[..], &f.content[3 * 32768..3 * 32768 + 16384])
+        }
+        other => panic!("unchanged piece 3 not served: {other:?}"),
+    }
+    let err = seeder_stderr(&f);
+    assert!(err.contains("changed under the seeder"), "{err}");
+}

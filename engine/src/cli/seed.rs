@@ -286,6 +286,8 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
             l.meta.pieces.clone().into(),
             verified,
         );
+        // What the pieces were verified against (checked above, or lazily when served).
+        t.stamp_files();
         registry.add(t).map_err(anyhow::Error::msg)?;
     }
     let registry = Arc::new(registry);

@@ -76,6 +76,16 @@ impl AtomicBits {
         prev & (1 << (i % 64)) == 0
     }
 
+    /// Clears bit `i`; returns whether it was set before. Out of range: no-op, false.
+    #[inline]
+    pub fn clear(&self, i: u32) -> bool {
+        if i >= self.len {
+            return false;
+        }
+        let prev = self.words[(i / 64) as usize].fetch_and(!(1 << (i % 64)), Ordering::AcqRel);
+        prev & (1 << (i % 64)) != 0
+    }
+
     /// Number of set bits.
     pub fn count(&self) -> u32 {
         self.words
@@ -140,6 +150,22 @@ pub struct Torrent {
     /// The first storage error that made pieces unservable, for the status line (rare: taken
     /// only when a piece newly fails).
     pub error: Mutex<Option<String>>,
+    /// Per file: its size and mtime (ns) when its pieces were verified (`u64::MAX`: unknown).
+    /// Compared after every read, so a file changed under the seeder is never served as
+    /// checked: see [`Torrent::unchanged`].
+    stamps: Box<[(AtomicU64, AtomicU64)]>,
+}
+
+/// A file's size and mtime in nanoseconds, following links (the server opens beneath the save
+/// directory only, so a followed link is one the server reads too); `None` when it cannot be
+/// stat'ed.
+fn stamp(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    let ns = (m.mtime() as u64)
+        .wrapping_mul(1_000_000_000)
+        .wrapping_add(m.mtime_nsec() as u64);
+    Some((m.len(), ns))
 }
 
 impl Torrent {
@@ -158,7 +184,6 @@ impl Torrent {
             index,
             info_hash,
             name,
-            layout,
             root,
             piece_hashes,
             have: AtomicBits::new(n, true),
@@ -166,7 +191,59 @@ impl Torrent {
             failed: AtomicBits::new(n, false),
             stats: TorrentStats::default(),
             error: Mutex::new(None),
+            stamps: (0..layout.files().len())
+                .map(|_| (AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)))
+                .collect(),
+            layout,
         }
+    }
+
+    /// Records every data file's size and mtime as the ones its pieces were verified against
+    /// (call right after the check, before serving).
+    pub fn stamp_files(&self) {
+        for (i, f) in self.layout.files().iter().enumerate() {
+            if f.padding {
+                continue;
+            }
+            let (len, ns) = stamp(&self.root.join(&f.path)).unwrap_or((u64::MAX, u64::MAX));
+            self.stamps[i].0.store(len, Ordering::Relaxed);
+            self.stamps[i].1.store(ns, Ordering::Relaxed);
+        }
+    }
+
+    /// Called after a read of piece `piece` completed: whether every file it touches still has
+    /// the size and mtime its pieces were verified against. A write to a file updates its mtime
+    /// before it changes a byte, so an unchanged stamp read after the read means the bytes read
+    /// are the checked ones. A changed file has its pieces checked again ([`Torrent::file_changed`])
+    /// and its new stamp recorded; the caller must not send what it read. `seen` caches the
+    /// answer per file within one batch (a stat per file per batch, not per block).
+    pub fn unchanged(&self, piece: u32, seen: &mut Vec<(usize, bool)>) -> bool {
+        let mut ok = true;
+        for i in self.layout.piece_files(piece) {
+            let f = &self.layout.files()[i];
+            if f.padding {
+                continue;
+            }
+            if let Some(&(_, same)) = seen.iter().find(|(j, _)| *j == i) {
+                ok &= same;
+                continue;
+            }
+            let now = stamp(&self.root.join(&f.path)).unwrap_or((u64::MAX, u64::MAX));
+            let then = (
+                self.stamps[i].0.load(Ordering::Relaxed),
+                self.stamps[i].1.load(Ordering::Relaxed),
+            );
+            let same = now == then;
+            if !same {
+                self.stamps[i].0.store(now.0, Ordering::Relaxed);
+                self.stamps[i].1.store(now.1, Ordering::Relaxed);
+                let n = self.file_changed(i);
+                tracing::warn!(torrent = %self.name, "{} changed under the seeder: its {n} piece(s) are checked again before they are served", f.path.display());
+            }
+            seen.push((i, same));
+            ok &= same;
+        }
+        ok
     }
 
     /// A storage error while serving piece `piece`. A bad request changes nothing; a file that
@@ -220,6 +297,19 @@ impl Torrent {
         if let Ok(mut err) = self.error.lock() {
             err.get_or_insert_with(reason);
         }
+    }
+
+    /// File `index` changed on disk (its size or mtime): its pieces are checked again before
+    /// they are served (cleared `verified`), and pieces that had failed get another chance
+    /// (cleared `failed`: one read or hash each tells). Returns the pieces affected.
+    pub fn file_changed(&self, index: usize) -> u32 {
+        let pieces = self.layout.file_pieces(index);
+        let n = pieces.len() as u32;
+        for p in pieces {
+            self.verified.clear(p);
+            self.failed.clear(p);
+        }
+        n
     }
 
     /// Pieces that can no longer be served (failed their check or their read).

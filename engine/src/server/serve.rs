@@ -173,8 +173,14 @@ pub async fn read_batch(
     }
     let n = bufs.len();
     let results = read_all(&*shard.store, tid, &reqs[..n], bufs, shard.cfg.coalesce).await;
+    // A stat per file per batch, after the reads: a file changed since its check is not sent.
+    let mut seen = Vec::new();
     for (r, (res, buf)) in reqs.drain(..n).zip(results) {
         match res {
+            Ok(()) if !torrent.unchanged(r.piece, &mut seen) => {
+                drop(buf);
+                refuse(shard, key, torrent, r);
+            }
             Ok(()) => {
                 ready.payload += u64::from(r.len);
                 ready.frames.push(buf.frame_piece(r.piece, r.begin));
