@@ -39,7 +39,10 @@ impl Limits {
         max_size: 64 << 20,
     };
 
-    /// For small wire payloads (the BEP 10 extension handshake and similar).
+    /// For small wire payloads (the BEP 10 extension handshake and similar): 64 KiB and 4,096
+    /// values bound what one message can make us scan and list. The extension handshake keeps
+    /// this size and token count but allows [`crate::wire::EXT_MAX_DEPTH`] levels below its
+    /// top-level dictionary ([`crate::wire::EXT_LIMITS`]).
     pub const MESSAGE: Limits = Limits {
         max_depth: 8,
         max_tokens: 4096,
@@ -377,6 +380,24 @@ pub fn dict_get<'a>(
         .map(|(_, v)| v))
 }
 
+/// The bytes of the string whose whole bencoding is `raw` (a value span from [`dict_entries`] or
+/// [`validate`]); `None` when `raw` is anything else (another type, a malformed or truncated
+/// string, or bytes after the string). Never panics, whatever `raw` holds.
+pub fn as_bytes(raw: &[u8]) -> Option<&[u8]> {
+    // 20 digits hold any u64; a colon further in is not a length we could have validated.
+    let colon = raw.iter().take(21).position(|&c| c == b':')?;
+    let len = parse_digits(&raw[..colon]).ok()?;
+    let data = &raw[colon + 1..];
+    (data.len() as u64 == len).then_some(data)
+}
+
+/// The integer whose whole bencoding is `raw` (`i<int>e`, strict as in [`validate`]); `None`
+/// when `raw` is anything else. Never panics, whatever `raw` holds.
+pub fn as_int(raw: &[u8]) -> Option<i64> {
+    let body = raw.strip_prefix(b"i")?.strip_suffix(b"e")?;
+    parse_int(body).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,6 +591,45 @@ mod tests {
         );
     }
 
+    #[test]
+    fn as_bytes_and_as_int_take_whole_values_only() {
+        assert_eq!(as_bytes(b"4:spam"), Some(&b"spam"[..]));
+        assert_eq!(as_bytes(b"0:"), Some(&b""[..]));
+        assert_eq!(as_bytes(b"3:a:b"), Some(&b"a:b"[..]));
+        for not in [
+            &b""[..],
+            b":",
+            b"4:spa",
+            b"4:spamX",
+            b"04:spam",
+            b"-1:",
+            b"i4e",
+            b"le",
+            b"99999999999999999999999:x",
+            b"18446744073709551615:x",
+        ] {
+            assert_eq!(as_bytes(not), None, "{:?}", String::from_utf8_lossy(not));
+        }
+        assert_eq!(as_int(b"i0e"), Some(0));
+        assert_eq!(as_int(b"i-42e"), Some(-42));
+        assert_eq!(as_int(b"i-9223372036854775808e"), Some(i64::MIN));
+        for not in [
+            &b""[..],
+            b"i",
+            b"ie",
+            b"i1",
+            b"i01e",
+            b"i-0e",
+            b"i1e2e",
+            b"i1ee",
+            b"i9223372036854775808e",
+            b"1:1",
+            b"li1ee",
+        ] {
+            assert_eq!(as_int(not), None, "{:?}", String::from_utf8_lossy(not));
+        }
+    }
+
     /// A bencode value tree for property tests, with a canonical encoder.
     #[derive(Debug, Clone)]
     enum Tree {
@@ -639,6 +699,25 @@ mod tests {
                 prop_assert!(n <= buf.len());
                 // Whatever validates is safe for serde_bencode.
                 let _ = serde_bencode::from_bytes::<serde_bencode::value::Value>(&buf[..n]);
+            }
+        }
+
+        #[test]
+        fn as_bytes_and_as_int_read_what_validates(t in tree()) {
+            let mut buf = Vec::new();
+            encode(&t, &mut buf);
+            match &t {
+                Tree::Int(i) => prop_assert_eq!(as_int(&buf), Some(*i)),
+                Tree::Bytes(b) => prop_assert_eq!(as_bytes(&buf), Some(&b[..])),
+                _ => prop_assert!(as_int(&buf).is_none() && as_bytes(&buf).is_none()),
+            }
+            if let Tree::Dict(d) = &t {
+                for ((k, raw), (tk, tv)) in dict_entries(&buf, &BIG).unwrap().into_iter().zip(d) {
+                    prop_assert_eq!(k, &tk[..]);
+                    let mut want = Vec::new();
+                    encode(tv, &mut want);
+                    prop_assert_eq!(raw, &want[..]);
+                }
             }
         }
 

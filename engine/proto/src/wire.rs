@@ -20,14 +20,17 @@
 //!   the header.
 //! - Unknown message ids are returned as [`Message::Unknown`] (BEP 3: ignore what you do not
 //!   understand); their length is still bounded by `max_len`.
-//! - The BEP 10 handshake dictionary is parsed by a small iterative (non-recursive) bencode
-//!   reader with a nesting limit ([`EXT_MAX_DEPTH`]); unknown keys and known keys of the wrong type
+//! - The BEP 10 handshake dictionary is validated whole by the iterative (non-recursive)
+//!   [`bencode::validate`] under [`EXT_LIMITS`] (64 KiB, 4,096 values, [`EXT_MAX_DEPTH`] levels
+//!   below the top), then read over its raw spans; unknown keys and known keys of the wrong type
 //!   are ignored.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use bytes::BufMut;
+
+use crate::bencode::{self, BencodeError, Limits};
 
 /// The largest block a peer may request, and the largest PIECE payload we accept (16 KiB).
 pub const BLOCK_SIZE: u32 = 16 * 1024;
@@ -578,9 +581,16 @@ pub fn decode_handshake(buf: &[u8]) -> Result<Option<Handshake>, WireError> {
 // BEP 10 extension handshake
 // ---------------------------------------------------------------------------------------------
 
-/// Nesting limit of the bencode reader for extension handshakes (unknown values are skipped,
-/// iteratively, up to this depth; deeper input is refused).
+/// Nesting allowed in an extension handshake below its top-level dictionary (unknown values may
+/// nest this deep and are skipped; deeper input is refused, without recursion).
 pub const EXT_MAX_DEPTH: usize = 32;
+/// The [`bencode::validate`] limits of an extension handshake: [`Limits::MESSAGE`]'s size
+/// (64 KiB) and value count (4,096), and a depth of the top-level dictionary plus
+/// [`EXT_MAX_DEPTH`]. Real handshakes are a few hundred bytes, two levels deep.
+pub const EXT_LIMITS: Limits = Limits {
+    max_depth: 1 + EXT_MAX_DEPTH,
+    ..Limits::MESSAGE
+};
 /// At most this many entries of the `m` dictionary are kept; the rest are ignored.
 pub const EXT_MAX_M_ENTRIES: usize = 64;
 /// Extension names longer than this are ignored.
@@ -591,8 +601,11 @@ pub const EXT_MAX_V_LEN: usize = 128;
 /// The BEP 10 handshake dictionary (extended message id 0).
 ///
 /// Decoding is lenient as BEP 10 asks: unknown keys are ignored, known keys with the wrong type
-/// or an out-of-range value are ignored (left `None`/absent). Only malformed bencode, a top
-/// level that is not a dictionary, or nesting deeper than [`EXT_MAX_DEPTH`] are errors.
+/// or an out-of-range value are ignored (left `None`/absent); `m` keeps at most
+/// [`EXT_MAX_M_ENTRIES`] names (the first ones, each at most [`EXT_MAX_NAME_LEN`] bytes) and
+/// `v` at most [`EXT_MAX_V_LEN`] bytes. Only these are errors: malformed bencode, a top level
+/// that is not a dictionary, bytes after it, nesting deeper than [`EXT_MAX_DEPTH`] below it, or
+/// a payload over the size or value count of [`EXT_LIMITS`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExtHandshake {
     /// Extension name -> the id the sender wants to receive it as (0 = disabled).
@@ -662,190 +675,117 @@ impl ExtHandshake {
     }
 
     /// Decode a handshake dictionary sent by a peer (untrusted).
+    ///
+    /// The payload is checked whole first with [`bencode::validate`] under [`EXT_LIMITS`]
+    /// (iterative: no recursion, whatever the nesting), then the top-level dictionary and `m`
+    /// are walked with [`bencode::dict_entries`] over the validated bytes. The payload must be
+    /// exactly one dictionary: bytes after it are refused (the extended message carries nothing
+    /// else; a payload that does is not a handshake we understand). Keys are read in the order
+    /// they appear; when a key repeats, the last usable value wins, and `m` dictionaries merge.
     pub fn decode(buf: &[u8]) -> Result<ExtHandshake, WireError> {
-        let mut r = Reader { buf, pos: 0 };
-        if r.peek()? != b'd' {
-            return Err(WireError::ExtHandshake("top level is not a dictionary"));
+        match buf.first() {
+            None => return Err(ext_error(BencodeError::UnexpectedEof { offset: 0 })),
+            Some(b'd') => {}
+            Some(_) => return Err(ext_error(BencodeError::NotADictionary)),
         }
-        r.pos += 1;
+        let len = bencode::validate(buf, &EXT_LIMITS).map_err(ext_error)?;
+        if len != buf.len() {
+            return Err(WireError::ExtHandshake(
+                "trailing bytes after the dictionary",
+            ));
+        }
         let mut hs = ExtHandshake::default();
-        while r.peek()? != b'e' {
-            let key = r.bytes()?;
+        for (key, raw) in bencode::dict_entries(buf, &EXT_LIMITS).map_err(ext_error)? {
             match key {
-                b"m" if r.peek()? == b'd' => {
-                    r.pos += 1;
-                    while r.peek()? != b'e' {
-                        let name = r.bytes()?;
-                        if r.peek()? == b'i' {
-                            let v = r.int()?;
-                            if let (Ok(name), Ok(v)) = (std::str::from_utf8(name), u8::try_from(v))
+                b"m" if raw.first() == Some(&b'd') => {
+                    for (name, raw_id) in
+                        bencode::dict_entries(raw, &EXT_LIMITS).map_err(ext_error)?
+                    {
+                        let Some(ext_id) = bencode::as_int(raw_id) else {
+                            continue;
+                        };
+                        if let (Ok(name), Ok(ext_id)) =
+                            (std::str::from_utf8(name), u8::try_from(ext_id))
+                        {
+                            if name.len() <= EXT_MAX_NAME_LEN
+                                && (hs.m.len() < EXT_MAX_M_ENTRIES || hs.m.contains_key(name))
                             {
-                                if name.len() <= EXT_MAX_NAME_LEN
-                                    && (hs.m.len() < EXT_MAX_M_ENTRIES || hs.m.contains_key(name))
-                                {
-                                    hs.m.insert(name.to_owned(), v);
-                                }
+                                hs.m.insert(name.to_owned(), ext_id);
                             }
-                        } else {
-                            r.skip_value()?;
                         }
                     }
-                    r.pos += 1;
                 }
-                b"v" if r.peek()?.is_ascii_digit() => {
-                    let v = r.bytes()?;
-                    let v = &v[..v.len().min(EXT_MAX_V_LEN)];
-                    hs.v = Some(String::from_utf8_lossy(v).into_owned());
+                b"v" => {
+                    if let Some(v) = bencode::as_bytes(raw) {
+                        hs.v = Some(client_version(v));
+                    }
                 }
-                b"reqq" if r.peek()? == b'i' => {
-                    hs.reqq = u32::try_from(r.int()?).ok();
+                b"reqq" => {
+                    if let Some(i) = bencode::as_int(raw) {
+                        hs.reqq = u32::try_from(i).ok();
+                    }
                 }
-                b"p" if r.peek()? == b'i' => {
-                    hs.p = u16::try_from(r.int()?).ok().filter(|&p| p != 0);
+                b"p" => {
+                    if let Some(i) = bencode::as_int(raw) {
+                        hs.p = u16::try_from(i).ok().filter(|&p| p != 0);
+                    }
                 }
-                b"metadata_size" if r.peek()? == b'i' => {
-                    hs.metadata_size = u64::try_from(r.int()?).ok();
+                b"metadata_size" => {
+                    if let Some(i) = bencode::as_int(raw) {
+                        hs.metadata_size = u64::try_from(i).ok();
+                    }
                 }
-                b"yourip" if r.peek()?.is_ascii_digit() => {
-                    let ip = r.bytes()?;
-                    hs.yourip = if let Ok(a) = <[u8; 4]>::try_from(ip) {
-                        Some(IpAddr::V4(Ipv4Addr::from(a)))
-                    } else if let Ok(a) = <[u8; 16]>::try_from(ip) {
-                        Some(IpAddr::V6(Ipv6Addr::from(a)))
-                    } else {
-                        None
-                    };
+                b"yourip" => {
+                    if let Some(ip) = bencode::as_bytes(raw) {
+                        hs.yourip = if let Ok(a) = <[u8; 4]>::try_from(ip) {
+                            Some(IpAddr::V4(Ipv4Addr::from(a)))
+                        } else if let Ok(a) = <[u8; 16]>::try_from(ip) {
+                            Some(IpAddr::V6(Ipv6Addr::from(a)))
+                        } else {
+                            None
+                        };
+                    }
                 }
-                _ => r.skip_value()?,
+                // Unknown keys, and known keys of the wrong type: ignored (BEP 10).
+                _ => {}
             }
         }
         Ok(hs)
     }
 }
 
-/// A minimal bencode reader over untrusted bytes: no recursion, every index checked.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+/// The `v` a peer sent, as at most [`EXT_MAX_V_LEN`] bytes of UTF-8: its first
+/// [`EXT_MAX_V_LEN`] bytes, invalid UTF-8 replaced by U+FFFD, cut back to a character boundary
+/// when the replacements (3 bytes each) made it longer. The cap holds on the decoded string, so
+/// decoding our own encoding of it gives it back unchanged.
+fn client_version(raw: &[u8]) -> String {
+    let mut v = String::from_utf8_lossy(&raw[..raw.len().min(EXT_MAX_V_LEN)]).into_owned();
+    if v.len() > EXT_MAX_V_LEN {
+        let end = (0..=EXT_MAX_V_LEN)
+            .rev()
+            .find(|&i| v.is_char_boundary(i))
+            .unwrap_or(0);
+        v.truncate(end);
+    }
+    v
 }
 
-const EOF: WireError = WireError::ExtHandshake("truncated bencode");
-const MALFORMED: WireError = WireError::ExtHandshake("malformed bencode");
-
-impl<'a> Reader<'a> {
-    fn peek(&self) -> Result<u8, WireError> {
-        self.buf.get(self.pos).copied().ok_or(EOF)
-    }
-
-    /// A byte string `<len>:<bytes>`.
-    fn bytes(&mut self) -> Result<&'a [u8], WireError> {
-        let mut len: usize = 0;
-        let mut digits = 0;
-        loop {
-            let c = self.peek()?;
-            self.pos += 1;
-            match c {
-                b'0'..=b'9' => {
-                    digits += 1;
-                    if digits > 1 && len == 0 {
-                        return Err(MALFORMED); // leading zero
-                    }
-                    len = len
-                        .checked_mul(10)
-                        .and_then(|l| l.checked_add(usize::from(c - b'0')))
-                        .ok_or(MALFORMED)?;
-                }
-                b':' if digits > 0 => break,
-                _ => return Err(MALFORMED),
-            }
+/// What an extension handshake that does not validate is refused with.
+fn ext_error(e: BencodeError) -> WireError {
+    WireError::ExtHandshake(match e {
+        BencodeError::UnexpectedEof { .. } | BencodeError::StringPastEnd { .. } => {
+            "truncated bencode"
         }
-        let end = self.pos.checked_add(len).ok_or(MALFORMED)?;
-        let s = self.buf.get(self.pos..end).ok_or(EOF)?;
-        self.pos = end;
-        Ok(s)
-    }
-
-    /// An integer `i<digits>e`.
-    fn int(&mut self) -> Result<i64, WireError> {
-        if self.peek()? != b'i' {
-            return Err(MALFORMED);
-        }
-        self.pos += 1;
-        let start = self.pos;
-        let rest = self.buf.get(start..).ok_or(EOF)?;
-        let end = rest.iter().position(|&c| c == b'e').ok_or(EOF)?;
-        let digits = &rest[..end];
-        let (neg, mag) = match digits {
-            [b'-', m @ ..] => (true, m),
-            m => (false, m),
-        };
-        let canonical = !mag.is_empty()
-            && mag.iter().all(u8::is_ascii_digit)
-            && (mag.len() == 1 || mag[0] != b'0')
-            && (!neg || mag != b"0");
-        if !canonical {
-            return Err(MALFORMED);
-        }
-        let text = std::str::from_utf8(digits).map_err(|_| MALFORMED)?;
-        let v: i64 = text
-            .parse()
-            .map_err(|_| WireError::ExtHandshake("integer out of range"))?;
-        self.pos = start + end + 1;
-        Ok(v)
-    }
-
-    /// Skip one value of any type, iteratively, with a nesting limit.
-    fn skip_value(&mut self) -> Result<(), WireError> {
-        // Per open container: is it a dictionary, and does it expect a key next?
-        let mut is_dict = [false; EXT_MAX_DEPTH];
-        let mut key_next = [false; EXT_MAX_DEPTH];
-        let mut depth = 0usize;
-        loop {
-            let c = self.peek()?;
-            if depth > 0 && c == b'e' {
-                let d = depth - 1;
-                if is_dict[d] && !key_next[d] {
-                    return Err(WireError::ExtHandshake("dictionary key without a value"));
-                }
-                self.pos += 1;
-                depth -= 1;
-            } else if depth > 0 && is_dict[depth - 1] && key_next[depth - 1] {
-                if !c.is_ascii_digit() {
-                    return Err(WireError::ExtHandshake("dictionary key is not a string"));
-                }
-                self.bytes()?;
-                key_next[depth - 1] = false;
-                continue;
-            } else {
-                match c {
-                    b'i' => {
-                        self.int()?;
-                    }
-                    b'0'..=b'9' => {
-                        self.bytes()?;
-                    }
-                    b'l' | b'd' => {
-                        if depth == EXT_MAX_DEPTH {
-                            return Err(WireError::ExtHandshake("nesting too deep"));
-                        }
-                        self.pos += 1;
-                        is_dict[depth] = c == b'd';
-                        key_next[depth] = c == b'd';
-                        depth += 1;
-                        continue;
-                    }
-                    _ => return Err(MALFORMED),
-                }
-            }
-            // One complete value (a scalar, or a container just closed) was consumed.
-            if depth == 0 {
-                return Ok(());
-            }
-            if is_dict[depth - 1] {
-                key_next[depth - 1] = true;
-            }
-        }
-    }
+        BencodeError::TooDeep { .. } => "nesting too deep",
+        BencodeError::TooManyTokens { .. } => "too many values",
+        BencodeError::TooLarge { .. } => "too large",
+        BencodeError::NotADictionary => "top level is not a dictionary",
+        BencodeError::UnexpectedByte { .. }
+        | BencodeError::BadInteger { .. }
+        | BencodeError::BadStringLength { .. }
+        | BencodeError::NonStringKey { .. }
+        | BencodeError::MissingValue { .. } => "malformed bencode",
+    })
 }
 
 #[cfg(test)]
@@ -969,6 +909,53 @@ mod tests {
             let hs = ExtHandshake { m, v, reqq, yourip, p, metadata_size };
             let bytes = hs.encode();
             prop_assert_eq!(ExtHandshake::decode(&bytes).unwrap(), hs);
+        }
+
+        /// Anything within the documented caps round-trips: any UTF-8 names and `v`, every
+        /// field optional. The encoding is canonical (re-encoding gives the same bytes), and
+        /// every strict prefix or a trailing byte is refused.
+        #[test]
+        fn ext_handshake_round_trips_within_caps(
+            m in proptest::collection::btree_map("\\PC{1,16}", any::<u8>(), 0..=EXT_MAX_M_ENTRIES),
+            v in proptest::option::of("\\PC{0,32}"),
+            reqq in proptest::option::of(any::<u32>()),
+            yourip in proptest::option::of(prop_oneof![
+                any::<[u8; 4]>().prop_map(IpAddr::from),
+                any::<[u8; 16]>().prop_map(IpAddr::from),
+            ]),
+            p in proptest::option::of(1u16..),
+            metadata_size in proptest::option::of(0u64..=i64::MAX as u64),
+            tail in any::<u8>(),
+        ) {
+            prop_assume!(m.keys().all(|k| k.len() <= EXT_MAX_NAME_LEN));
+            prop_assume!(v.as_ref().is_none_or(|v| v.len() <= EXT_MAX_V_LEN));
+            let hs = ExtHandshake { m, v, reqq, yourip, p, metadata_size };
+            let bytes = hs.encode();
+            let back = ExtHandshake::decode(&bytes).unwrap();
+            prop_assert_eq!(&back, &hs);
+            prop_assert_eq!(back.encode(), bytes.clone());
+            for cut in 0..bytes.len() {
+                prop_assert!(ExtHandshake::decode(&bytes[..cut]).is_err(), "prefix of {}", cut);
+            }
+            let mut trailing = bytes;
+            trailing.push(tail);
+            prop_assert_eq!(
+                ExtHandshake::decode(&trailing),
+                Err(WireError::ExtHandshake("trailing bytes after the dictionary"))
+            );
+        }
+
+        /// Whatever decodes, from any bytes, re-encodes to a handshake that decodes to itself.
+        #[test]
+        fn ext_handshake_decode_is_a_fixed_point(
+            bytes in proptest::collection::vec(any::<u8>(), 0..128),
+            prefix in prop_oneof![Just(&b""[..]), Just(&b"d"[..]), Just(&b"d1:md"[..])],
+        ) {
+            let mut buf = prefix.to_vec();
+            buf.extend(bytes);
+            if let Ok(hs) = ExtHandshake::decode(&buf) {
+                prop_assert_eq!(ExtHandshake::decode(&hs.encode()), Ok(hs));
+            }
         }
     }
 
@@ -1275,5 +1262,194 @@ mod tests {
         raw.extend_from_slice(b"ee");
         let hs = ExtHandshake::decode(&raw).unwrap();
         assert_eq!(hs.m.len(), EXT_MAX_M_ENTRIES);
+    }
+
+    #[test]
+    fn ext_limits_match_the_documented_bounds() {
+        assert_eq!(EXT_LIMITS.max_depth, EXT_MAX_DEPTH + 1);
+        assert_eq!(EXT_LIMITS.max_size, Limits::MESSAGE.max_size);
+        assert_eq!(EXT_LIMITS.max_tokens, Limits::MESSAGE.max_tokens);
+        // A handshake at every cap fits the size and value limits many times over.
+        let hs = ExtHandshake {
+            m: (0..EXT_MAX_M_ENTRIES)
+                .map(|i| (format!("{i:0>width$}", width = EXT_MAX_NAME_LEN), 255))
+                .collect(),
+            v: Some("v".repeat(EXT_MAX_V_LEN)),
+            reqq: Some(u32::MAX),
+            yourip: Some(IpAddr::V6(Ipv6Addr::LOCALHOST)),
+            p: Some(u16::MAX),
+            metadata_size: Some(i64::MAX as u64),
+        };
+        let bytes = hs.encode();
+        assert!(bytes.len() * 8 < EXT_LIMITS.max_size, "{}", bytes.len());
+        assert_eq!(ExtHandshake::decode(&bytes), Ok(hs));
+    }
+
+    #[test]
+    fn ext_handshake_refuses_trailing_bytes() {
+        // The payload is one dictionary and nothing else (decided: reject, not ignore).
+        assert!(ExtHandshake::decode(b"d4:reqqi5ee").is_ok());
+        for bad in [
+            &b"d4:reqqi5eeX"[..],
+            b"d4:reqqi5ee\0",
+            b"dee",
+            b"dede",
+            b"d4:reqqi5eed4:reqqi6ee",
+            b"d4:reqqi5ee4:spam",
+        ] {
+            assert_eq!(
+                ExtHandshake::decode(bad),
+                Err(WireError::ExtHandshake(
+                    "trailing bytes after the dictionary"
+                )),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        // Trailing garbage that is not bencode is refused the same way: the dict is complete.
+        assert_eq!(
+            ExtHandshake::decode(b"de\xff\xff"),
+            Err(WireError::ExtHandshake(
+                "trailing bytes after the dictionary"
+            ))
+        );
+    }
+
+    #[test]
+    fn ext_handshake_refuses_10000_deep_nesting_without_recursing() {
+        let n = 10_000;
+        // Lists under an unknown key, dictionaries under nested keys, and both under `m`.
+        let mut lists = b"d1:x".to_vec();
+        lists.extend(std::iter::repeat_n(b'l', n));
+        lists.extend(std::iter::repeat_n(b'e', n));
+        lists.push(b'e');
+        let mut dicts = b"d".to_vec();
+        dicts.extend(b"1:xd".repeat(n));
+        dicts.extend(b"1:yi1e");
+        dicts.extend(std::iter::repeat_n(b'e', n + 1));
+        let mut in_m = b"d1:md1:a".to_vec();
+        in_m.extend(std::iter::repeat_n(b'l', n));
+        in_m.extend(std::iter::repeat_n(b'e', n));
+        in_m.extend(b"ee");
+        for deep in [lists, dicts, in_m] {
+            // Run on a small stack: a recursive reader would overflow it long before 10,000.
+            let got = std::thread::Builder::new()
+                .stack_size(64 << 10)
+                .spawn(move || ExtHandshake::decode(&deep))
+                .unwrap()
+                .join()
+                .unwrap();
+            assert_eq!(got, Err(WireError::ExtHandshake("nesting too deep")));
+        }
+    }
+
+    #[test]
+    fn ext_handshake_keeps_the_first_m_entries_of_1000() {
+        let mut raw = b"d1:md".to_vec();
+        for i in 0..1000 {
+            let name = format!("x{i:04}");
+            raw.extend_from_slice(format!("{}:{}i{}e", name.len(), name, i % 256).as_bytes());
+        }
+        // A later value for a name already kept still updates it; a new name does not get in.
+        raw.extend_from_slice(b"5:x0003i200e5:y0000i1e");
+        raw.extend_from_slice(b"e4:reqqi7ee");
+        let hs = ExtHandshake::decode(&raw).unwrap();
+        assert_eq!(hs.m.len(), EXT_MAX_M_ENTRIES);
+        let want: Vec<String> = (0..EXT_MAX_M_ENTRIES).map(|i| format!("x{i:04}")).collect();
+        assert!(hs.m.keys().eq(want.iter()), "{:?}", hs.m.keys());
+        assert_eq!(hs.m.get("x0003"), Some(&200));
+        assert_eq!(hs.m.get("x0063"), Some(&63));
+        assert_eq!(hs.reqq, Some(7), "keys after a large m are still read");
+    }
+
+    #[test]
+    fn ext_handshake_size_and_value_limits() {
+        // Over 64 KiB: refused, even as one well-formed string.
+        let mut big = b"d1:x".to_vec();
+        let len = EXT_LIMITS.max_size;
+        big.extend(format!("{len}:").as_bytes());
+        big.resize(big.len() + len, b'a');
+        big.push(b'e');
+        assert_eq!(
+            ExtHandshake::decode(&big),
+            Err(WireError::ExtHandshake("too large"))
+        );
+        // More than 4,096 values (here 2,100 entries of `m`, 4,203 values): refused whole.
+        let mut many = b"d1:md".to_vec();
+        for i in 0..2100 {
+            many.extend(format!("5:x{i:04}i1e").as_bytes());
+        }
+        many.extend(b"ee");
+        assert!(many.len() < EXT_LIMITS.max_size);
+        assert_eq!(
+            ExtHandshake::decode(&many),
+            Err(WireError::ExtHandshake("too many values"))
+        );
+    }
+
+    #[test]
+    fn ext_handshake_repeated_keys_last_usable_value_wins() {
+        // A repeated key of the right type replaces the earlier value; of the wrong type it is
+        // ignored; in range or not, an integer of the right type is taken (out of range: None).
+        let hs = ExtHandshake::decode(
+            b"d4:reqqi5e4:reqqi6e1:pi80e1:p3:abc1:md1:ai1ee1:md1:bi2ee\
+              13:metadata_sizei9e13:metadata_sizei-1e6:yourip4:\x01\x02\x03\x04e",
+        )
+        .unwrap();
+        assert_eq!(hs.reqq, Some(6));
+        assert_eq!(hs.p, Some(80));
+        assert_eq!(hs.m.len(), 2);
+        assert_eq!(hs.metadata_size, None);
+        assert_eq!(hs.yourip, Some(IpAddr::V4(Ipv4Addr::new(1, 2, 3, 4))));
+        // p = 0 means no port; v is cut at EXT_MAX_V_LEN bytes; long names are dropped.
+        let mut raw = b"d1:md".to_vec();
+        let long = "n".repeat(EXT_MAX_NAME_LEN + 1);
+        raw.extend(format!("{}:{long}i1e", long.len()).as_bytes());
+        raw.extend(b"e1:pi0e1:v");
+        raw.extend(format!("{}:", EXT_MAX_V_LEN + 10).as_bytes());
+        raw.resize(raw.len() + EXT_MAX_V_LEN + 10, b'v');
+        raw.push(b'e');
+        let hs = ExtHandshake::decode(&raw).unwrap();
+        assert!(hs.m.is_empty());
+        assert_eq!(hs.p, None);
+        assert_eq!(hs.v.map(|v| v.len()), Some(EXT_MAX_V_LEN));
+    }
+
+    /// Regression (found by the `ext_handshake` fuzz target): a `v` of invalid UTF-8 became up
+    /// to 3 x EXT_MAX_V_LEN bytes after the lossy conversion, above the documented cap, and its
+    /// canonical re-encoding decoded to a different, shorter `v`.
+    #[test]
+    fn ext_handshake_v_cap_holds_after_lossy_conversion() {
+        let mut raw = format!("d1:v{}:", EXT_MAX_V_LEN + 2).into_bytes();
+        raw.resize(raw.len() + EXT_MAX_V_LEN + 2, 0xFF);
+        raw.push(b'e');
+        let hs = ExtHandshake::decode(&raw).unwrap();
+        let v = hs.v.as_deref().unwrap();
+        assert!(v.len() <= EXT_MAX_V_LEN, "{} bytes", v.len());
+        assert_eq!(v, "\u{fffd}".repeat(EXT_MAX_V_LEN / 3));
+        assert_eq!(ExtHandshake::decode(&hs.encode()), Ok(hs));
+        // Valid UTF-8 cut inside a character: the partial character is dropped, or kept as one
+        // U+FFFD when that fits.
+        let euro = "\u{20ac}".repeat(EXT_MAX_V_LEN);
+        let emoji = format!("{}\u{1f600}", "a".repeat(EXT_MAX_V_LEN - 3));
+        for (long, want) in [
+            (euro, "\u{20ac}".repeat(EXT_MAX_V_LEN / 3)),
+            (
+                "\u{e9}".repeat(EXT_MAX_V_LEN),
+                "\u{e9}".repeat(EXT_MAX_V_LEN / 2),
+            ),
+            (emoji, format!("{}\u{fffd}", "a".repeat(EXT_MAX_V_LEN - 3))),
+        ] {
+            let mut raw = format!("d1:v{}:", long.len()).into_bytes();
+            raw.extend(long.as_bytes());
+            raw.push(b'e');
+            let hs = ExtHandshake::decode(&raw).unwrap();
+            assert_eq!(hs.v.as_deref(), Some(&want[..]));
+            assert!(want.len() <= EXT_MAX_V_LEN);
+            assert_eq!(ExtHandshake::decode(&hs.encode()), Ok(hs));
+        }
+        // Short strings are untouched, replacement characters and all.
+        let hs = ExtHandshake::decode(b"d1:v3:a\xffbe").unwrap();
+        assert_eq!(hs.v.as_deref(), Some("a\u{fffd}b"));
     }
 }
