@@ -440,6 +440,14 @@ fn seed_usage_errors_exit_2_with_one_line() {
             "--coalesce must be between 1 and 64",
         ),
         (
+            &[t, "--data", data, "--control-queue", "10"],
+            "--control-queue must be between 64 and 16777216 bytes",
+        ),
+        (
+            &[t, "--data", data, "--write-timeout", "0"],
+            "--write-timeout must be between 1 and 3600 seconds",
+        ),
+        (
             &[t, "--data", data, "--upload-slots", "0"],
             "--upload-slots must be at least 1",
         ),

@@ -12,9 +12,11 @@
 //! # Bounds (per connection)
 //! - **Control queue** (`out`): decoding stops while it holds [`SessionConfig::out_high_water`]
 //!   bytes or more (the driver then stops reading from the socket: backpressure), so it never
-//!   exceeds `out_high_water + max_reply`, where `max_reply` is the most one input can add:
-//!   `max(17 x reqq + 5` (a CHOKE rejecting the whole queue with FAST)`, 68 + 5 + bitfield_len
-//!   + ext_handshake_len` (our opening)`)`. Every other message adds at most one 17-byte REJECT.
+//!   exceeds [`SessionConfig::max_control_bytes`]: the mark, plus 16 (no peer message adds more
+//!   than one 17-byte REJECT), plus the larger of our opening (`68 + 5 + bitfield_len +
+//!   ext_handshake_len`) and what the shard adds while decoding is paused: a REJECT per request
+//!   queued or taken (`17 x (reqq + max_in_flight)`; a CHOKE rejects the whole queue with FAST)
+//!   and 5 bytes per choker decision until the write timeout drops a peer that does not read.
 //! - **Input**: the driver keeps what [`Session::receive`] did not consume; a message is never
 //!   longer than [`Session::max_message_len`] (the torrent's BITFIELD or a PIECE, capped by the
 //!   wire limit), checked from its length prefix before its body is buffered.
@@ -58,6 +60,8 @@ pub struct SessionConfig {
     pub keepalive_interval: Duration,
     /// Decoding pauses while the control queue holds this many bytes (backpressure).
     pub out_high_water: usize,
+    /// Requests the driver holds at most (taken, not yet served or refused): its batches.
+    pub max_in_flight: u32,
 }
 
 impl SessionConfig {
@@ -73,16 +77,23 @@ impl SessionConfig {
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             keepalive_interval: KEEPALIVE_INTERVAL,
             out_high_water: DEFAULT_OUT_HIGH_WATER,
+            max_in_flight: 128,
         }
     }
 
     /// The most bytes the control queue of a session of a torrent with `num_pieces` pieces can
-    /// hold (see the module's bounds).
+    /// hold (see the module's bounds): the high-water mark, plus 16 (decoding stops only once the
+    /// mark is reached, and no peer message adds more than one 17-byte REJECT), plus the larger
+    /// of our opening and what the shard may add while decoding is paused: one REJECT for every
+    /// request queued or taken (`reqq + max_in_flight`, each answered exactly once) and a CHOKE
+    /// or UNCHOKE per choker decision (at most two per rechoke period until the write timeout
+    /// drops a peer that does not read, plus two).
     pub fn max_control_bytes(&self, num_pieces: u32) -> usize {
-        let reject_all = 17 * self.reqq as usize + 5;
+        let toggles = 2 * self.write_timeout.as_secs().div_ceil(10) as usize + 2;
+        let while_paused = 17 * (self.reqq as usize + self.max_in_flight as usize) + 5 * toggles;
         let opening =
             HANDSHAKE_LEN + 5 + (num_pieces as usize).div_ceil(8) + 128 + self.client.len();
-        self.out_high_water + reject_all.max(opening)
+        self.out_high_water + 16 + while_paused.max(opening)
     }
 }
 

@@ -242,6 +242,14 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     if args.coalesce == 0 || args.coalesce > 64 {
         return Err(usage("--coalesce must be between 1 and 64"));
     }
+    if args.control_queue < 64 || args.control_queue > 16 << 20 {
+        return Err(usage(
+            "--control-queue must be between 64 and 16777216 bytes",
+        ));
+    }
+    if args.write_timeout == 0 || args.write_timeout > 3600 {
+        return Err(usage("--write-timeout must be between 1 and 3600 seconds"));
+    }
     let nofile = raise_nofile();
     // Refusing --shards/--max-open-files under the open-file limit is a usage error too.
     let (max_peers, files_per_shard) =
@@ -312,8 +320,10 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     let mut session = SessionConfig::new(peer_id, 0, args.reqq);
     session.handshake_timeout = Duration::from_secs(args.handshake_timeout.max(1));
     session.idle_timeout = Duration::from_secs(args.idle_timeout.max(1));
-    session.write_timeout = Duration::from_secs(args.write_timeout.max(1));
-    session.out_high_water = args.control_queue.clamp(64, 16 << 20);
+    session.write_timeout = Duration::from_secs(args.write_timeout);
+    session.out_high_water = args.control_queue;
+    // Two batches: the one being sent and the one read ahead.
+    session.max_in_flight = 2 * args.batch as u32;
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(shards);
     let per_shard = |n: usize| n.div_ceil(shards).max(1);
     for (index, listener) in listeners.into_iter().enumerate() {
