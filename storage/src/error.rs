@@ -1,7 +1,9 @@
 //! Storage errors, and what the caller can do about each ([`StorageError::action`]): a bad
-//! request is the peer's fault (reject it); a missing or short file, a read-only directory or a
-//! full disk pauses the torrent with that reason; an I/O error may be transient for the block but
-//! is reported as a torrent error after repeats (the caller counts).
+//! request is the peer's fault (reject it); a missing or short file, a file that is not a
+//! regular one or out of the save directory, a read-only directory, a full disk or an I/O error
+//! make the torrent's data unusable as it stands (`PauseTorrent`): the seeder stops offering
+//! what it touches (the pieces of that file, or of that block for an I/O error) and shows the
+//! reason in its status line.
 //!
 //! This module imports nothing else of the crate but the layout's block error, so the buffer
 //! pool, the file table and both stores can depend on it without a cycle.

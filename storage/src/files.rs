@@ -404,7 +404,7 @@ pub fn open_data_file(
             libc::O_RDONLY | libc::O_NONBLOCK,
             0,
         )
-            .map_err(|e| classify(&full, e, mode))?,
+        .map_err(|e| classify(&full, e, mode))?,
         OpenMode::ReadWrite => {
             let parent_fd = match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
                 Some(parent) => Some(make_dirs(root_fd, root, parent)?),
@@ -479,19 +479,6 @@ pub fn file_size(fd: RawFd) -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(st.st_size as u64)
-}
-
-/// Derives the number of registered-file slots per shard from the process's descriptor limit:
-/// the limit, minus a reserve for the process (stdio, rings, eventfds, listeners, logs: 64),
-/// minus one descriptor per allowed peer connection, shared by the shards; at least 1, at most
-/// 32,768 (a sanity cap on the ring's table).
-pub fn derive_max_open_files(rlimit_nofile: u64, shards: usize, max_peers: usize) -> usize {
-    const RESERVE: u64 = 64;
-    let shards = shards.max(1) as u64;
-    let spare = rlimit_nofile
-        .saturating_sub(RESERVE)
-        .saturating_sub(max_peers as u64);
-    ((spare / shards).clamp(1, 32_768)) as usize
 }
 
 /// The soft RLIMIT_NOFILE of this process.
@@ -581,13 +568,6 @@ mod tests {
         assert!(t.lru.peek(&key(1)).is_none());
         assert!(t.lru.peek(&key(0)).is_some());
         assert!(t.lru.peek(&key(2)).is_some());
-    }
-
-    #[test]
-    fn derive_limits() {
-        assert_eq!(derive_max_open_files(1024, 2, 200), (1024 - 64 - 200) / 2);
-        assert_eq!(derive_max_open_files(10, 4, 1000), 1);
-        assert_eq!(derive_max_open_files(u64::MAX, 1, 0), 32_768);
     }
 
     #[test]

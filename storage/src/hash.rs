@@ -608,7 +608,10 @@ mod tests {
         std::os::unix::fs::symlink("real", dir.path().join("inside")).unwrap();
         std::os::unix::fs::symlink(outside.path().join("secret"), dir.path().join("out")).unwrap();
         let layout = Layout::new(vec![fe("inside", 20_000, false)], 32768).unwrap();
-        assert_eq!(hash_pieces(&layout, dir.path(), 1, &|_| {}), vec![Ok(sha(&a))]);
+        assert_eq!(
+            hash_pieces(&layout, dir.path(), 1, &|_| {}),
+            vec![Ok(sha(&a))]
+        );
         let layout = Layout::new(vec![fe("out", 20_000, false)], 32768).unwrap();
         assert_eq!(
             hash_pieces(&layout, dir.path(), 1, &|_| {}),

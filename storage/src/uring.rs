@@ -44,7 +44,8 @@ use crate::store::{for_each_piece_of, run_length, BlockStore, StorageError, Torr
 pub struct UringConfig {
     /// Submission queue entries (the completion queue gets twice as many). 1..=32768.
     pub ring_entries: u32,
-    /// Slots of the registered-file table (see [`files::derive_max_open_files`]).
+    /// Slots of the registered-file table (the engine derives them from RLIMIT_NOFILE:
+    /// `server::limits::fd_budget`).
     pub max_open_files: usize,
     /// Register the pool's buffers with the ring (`ReadFixed`/`WriteFixed`).
     pub register_buffers: bool,

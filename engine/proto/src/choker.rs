@@ -19,7 +19,8 @@
 //! every call and applies the returned changes. It reads no clock: `now` comes from the caller.
 //!
 //! # Default slot count
-//! [`DEFAULT_UPLOAD_SLOTS`] = 16 (per choker, i.e. per torrent per shard). A single peer's rate
+//! [`DEFAULT_UPLOAD_SLOTS`] = 16 per torrent (`uring-bt seed` divides them over the shards: each
+//! shard's choker gets `ceil(16 / shards)`). A single peer's rate
 //! is bounded by its own request pipeline, CPU and round-trip time, not by us: typical clients
 //! over the internet take a few MB/s to a few tens of MB/s each, so to keep a 1-10 Gbit/s pipe
 //! full a seed needs a dozen or more peers downloading at once (libtorrent's default is 8,

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use clap::Args;
 
-use super::{note, progress_bar, threads, Fail, Out};
+use super::common::{note, progress_bar, threads, Fail, Out};
 use crate::torrent::create::{self, CreateError, CreateOptions, Source};
 
 #[derive(Debug, Args)]

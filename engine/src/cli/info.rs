@@ -13,7 +13,7 @@ use clap::Args;
 use serde_json::json;
 use uring_bt_proto::metainfo::Metainfo;
 
-use super::{load, Fail, Out};
+use super::common::{load, Fail, Out};
 
 #[derive(Debug, Args)]
 pub(super) struct InfoArgs {

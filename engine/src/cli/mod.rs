@@ -17,23 +17,21 @@
 //! Output formats (stdout; every line `key: value`, so they grep and parse simply) are described
 //! in each command's file.
 
+mod common;
 mod create;
 mod info;
 pub mod seed;
 mod verify;
 
+pub use common::{exit_code_for, UsageError};
+use common::{note, Fail};
+
 pub use info::info_json;
 pub use verify::verify_json;
 
-use std::io::{IsTerminal, Write};
-use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-
-use crate::torrent::create::CreateError;
-use uring_bt_proto::metainfo::{Metainfo, MetainfoError};
 
 use create::{create_cmd, CreateArgs};
 use info::{info_cmd, InfoArgs};
@@ -86,107 +84,6 @@ enum Command {
 enum BenchCommand {
     /// Read a file block by block through the storage engine (io_uring) and report MB/s.
     Disk(crate::bench::disk::BenchDiskArgs),
-}
-
-/// Marks an error as a usage or input error (exit code 2) when it travels inside an
-/// `anyhow::Error` (for commands implemented elsewhere, e.g. `seed`).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-/// The exit code for an error: 2 when any cause in its chain is an input error (a
-/// [`UsageError`], a [`MetainfoError`], a [`CreateError`] about the input, a clap error), else 1.
-pub fn exit_code_for(err: &anyhow::Error) -> u8 {
-    let input = err.chain().any(|c| {
-        c.is::<UsageError>()
-            || c.is::<MetainfoError>()
-            || c.is::<clap::Error>()
-            || c.downcast_ref::<CreateError>()
-                .is_some_and(CreateError::is_input_error)
-    });
-    if input {
-        2
-    } else {
-        1
-    }
-}
-
-/// A failed command: the error and its exit code.
-struct Fail {
-    code: u8,
-    err: anyhow::Error,
-}
-
-impl Fail {
-    fn input(err: impl Into<anyhow::Error>) -> Fail {
-        Fail {
-            code: 2,
-            err: err.into(),
-        }
-    }
-    fn work(err: impl Into<anyhow::Error>) -> Fail {
-        Fail {
-            code: 1,
-            err: err.into(),
-        }
-    }
-}
-
-impl From<anyhow::Error> for Fail {
-    fn from(err: anyhow::Error) -> Fail {
-        Fail {
-            code: exit_code_for(&err),
-            err,
-        }
-    }
-}
-
-/// Stdout, where a closed pipe stops output quietly.
-struct Out {
-    inner: std::io::StdoutLock<'static>,
-    closed: bool,
-}
-
-impl Out {
-    fn new() -> Out {
-        Out {
-            inner: std::io::stdout().lock(),
-            closed: false,
-        }
-    }
-
-    fn line(&mut self, s: impl std::fmt::Display) -> Result<(), Fail> {
-        if self.closed {
-            return Ok(());
-        }
-        match writeln!(self.inner, "{s}") {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                self.closed = true;
-                Ok(())
-            }
-            Err(e) => Err(Fail::work(
-                anyhow::Error::new(e).context("writing to stdout"),
-            )),
-        }
-    }
-
-    fn flush(&mut self) -> Result<(), Fail> {
-        if self.closed {
-            return Ok(());
-        }
-        match self.inner.flush() {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Fail::work(
-                anyhow::Error::new(e).context("writing to stdout"),
-            )),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// Prints a line on stderr, ignoring errors (there is nowhere else to report them).
-fn note(s: impl std::fmt::Display) {
-    let _ = writeln!(std::io::stderr().lock(), "{s}");
 }
 
 /// Diagnostics (`tracing` events) go to stderr, filtered by `RUST_LOG` (default: warnings and
@@ -266,37 +163,6 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
     }
 }
 
-fn threads(n: Option<u32>) -> usize {
-    match n {
-        Some(n) => n as usize,
-        None => std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-    }
-}
-
-/// A byte-count progress bar on stderr when it is a terminal, hidden otherwise.
-fn progress_bar(total: u64, what: &str) -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-    if let Ok(style) = ProgressStyle::with_template(
-        "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-    ) {
-        pb.set_style(style.progress_chars("=> "));
-    }
-    pb.set_message(what.to_string());
-    pb
-}
-
-fn load(path: &Path) -> Result<Metainfo, Fail> {
-    crate::torrent::load::metainfo_from_file(path).map_err(|e| match e {
-        MetainfoError::Io { .. } => Fail::input(e),
-        e => Fail::input(anyhow::Error::new(e).context(path.display().to_string())),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,15 +171,5 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn exit_codes_classify_errors() {
-        let e = anyhow::Error::new(UsageError("bad".into())).context("outer");
-        assert_eq!(exit_code_for(&e), 2);
-        let e = anyhow::Error::new(MetainfoError::NoData);
-        assert_eq!(exit_code_for(&e), 2);
-        let e = anyhow::anyhow!("disk on fire");
-        assert_eq!(exit_code_for(&e), 1);
     }
 }

@@ -19,7 +19,7 @@ use uring_bt_proto::metainfo::Metainfo;
 use uring_bt_proto::session::SessionConfig;
 use uring_bt_proto::wire::BLOCK_SIZE;
 
-use crate::cli::UsageError;
+use crate::cli::common::UsageError;
 use crate::control::status::{control_loop, human_bytes};
 use crate::server::affinity::{allowed_cpus, cpu_for_shard};
 use crate::server::limits::{fd_budget, raise_nofile};
@@ -89,8 +89,8 @@ pub struct SeedArgs {
     /// Seconds of silence after which a peer is dropped.
     #[arg(long, default_value_t = 180, value_name = "SECS")]
     pub idle_timeout: u64,
-    /// Seconds a write to a peer may make no progress before the peer is dropped (it stopped
-    /// reading, and holds buffers).
+    /// Seconds a write to a peer may make no progress (no frame of 16 KiB written) before the
+    /// peer is dropped: it stopped reading, and holds buffers.
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     pub write_timeout: u64,
     /// Bytes of control messages (REJECT, HAVE, keep-alive...) queued for one peer above which
@@ -373,6 +373,9 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
         }
         let _ = out.flush();
     }
+    // The parsed torrents (raw info bytes, piece hashes again) are not needed while serving: the
+    // registry holds what the shards use.
+    drop(loaded);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -12,7 +12,7 @@ use clap::Args;
 use serde_json::json;
 use uring_bt_proto::metainfo::Metainfo;
 
-use super::{load, note, progress_bar, threads, Fail, Out};
+use super::common::{load, note, progress_bar, threads, Fail, Out};
 use crate::torrent::verify::{self, ranges, VerifyReport};
 
 #[derive(Debug, Args)]

@@ -403,7 +403,7 @@ async fn send_batch(
     let (res, mut frames) = stream.writev(frames).await;
     let written = res.map_err(|e| format!("writev: {e}"))?;
     if written < total {
-        write_rest(stream, &mut frames, written).await?;
+        write_rest(shard, key, stream, &mut frames, written).await?;
     }
     drop(frames); // buffers return to the pool here
     mark_writing(shard, key, false);
@@ -426,6 +426,8 @@ async fn send_batch(
 
 /// Finishes a short writev: skips what was written and writes the rest frame by frame.
 async fn write_rest(
+    shard: &Shard,
+    key: usize,
     stream: &TcpStream,
     frames: &mut Vec<Slice<PoolBuf>>,
     mut written: usize,
@@ -440,6 +442,9 @@ async fn write_rest(
         let end = f.end();
         written = 0;
         let buf = f.into_inner();
+        // Progress was made: the write timeout counts from here (it catches a peer that stops
+        // reading, not one that reads slowly).
+        mark_writing(shard, key, true);
         let (res, _) = stream.write_all(buf.slice(begin..end)).await;
         res.map_err(|e| format!("write: {e}"))?;
     }

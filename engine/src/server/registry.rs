@@ -1,8 +1,9 @@
 //! The torrent registry: what every shard shares, read-mostly.
 //!
 //! Built once at start-up by the control plane and handed to every shard as `Arc<Registry>`.
-//! Nothing in here takes a lock: lookups are immutable, piece state is a set of atomic bitfields,
-//! and statistics are relaxed atomic counters that the control plane samples.
+//! Nothing on the serving path takes a lock: lookups are immutable, piece state is a set of atomic
+//! bitfields, per-file stamps are atomics, and statistics are relaxed atomic counters that the
+//! control plane samples (a torrent's error text has a mutex, taken only when a piece fails).
 //!
 //! Piece states (per torrent):
 //! - `have`: we hold the piece (seed: all of them).

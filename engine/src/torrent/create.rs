@@ -5,8 +5,10 @@
 //! - **File order** is deterministic: files sorted by their `/`-joined relative path, byte-wise
 //!   (as `strcmp` orders them, which is also mktorrent's order, so the same tree and piece length
 //!   give mktorrent's info hash).
-//! - **What is included**: regular files, and symbolic links that resolve to a regular file (their
-//!   content is hashed, as mktorrent does). Directories are walked iteratively; symbolic links to
+//! - **What is included**: regular files, and relative symbolic links that resolve to a regular
+//!   file inside the save directory (their content is hashed, as mktorrent does); a link that is
+//!   absolute or leaves the save directory is skipped, since our seeder (which opens beneath the
+//!   save directory, RESOLVE_BENEATH) would refuse it. Directories are walked iteratively; symbolic links to
 //!   directories are not followed (no loops), and those, broken links, FIFOs, sockets and devices
 //!   are skipped, each reported in [`Source::skipped`] for the caller to print. Zero-length
 //!   files are included. File names must be valid UTF-8 and pass the same checks as parsed

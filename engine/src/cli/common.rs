@@ -1,0 +1,159 @@
+//! What every command shares: the error that carries an exit code ([`Fail`], [`UsageError`],
+//! [`exit_code_for`]), stdout that stops quietly on a closed pipe ([`Out`]), notes on stderr,
+//! the thread count, progress bars and loading a .torrent. The command files and the parser in
+//! `cli/mod.rs` import this; it imports none of them.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use uring_bt_proto::metainfo::{Metainfo, MetainfoError};
+
+use crate::torrent::create::CreateError;
+
+/// Marks an error as a usage or input error (exit code 2) when it travels inside an
+/// `anyhow::Error` (for commands implemented elsewhere, e.g. `seed`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// The exit code for an error: 2 when any cause in its chain is an input error (a
+/// [`UsageError`], a [`MetainfoError`], a [`CreateError`] about the input, a clap error), else 1.
+pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+    let input = err.chain().any(|c| {
+        c.is::<UsageError>()
+            || c.is::<MetainfoError>()
+            || c.is::<clap::Error>()
+            || c.downcast_ref::<CreateError>()
+                .is_some_and(CreateError::is_input_error)
+    });
+    if input {
+        2
+    } else {
+        1
+    }
+}
+
+/// A failed command: the error and its exit code.
+pub struct Fail {
+    pub code: u8,
+    pub err: anyhow::Error,
+}
+
+impl Fail {
+    pub fn input(err: impl Into<anyhow::Error>) -> Fail {
+        Fail {
+            code: 2,
+            err: err.into(),
+        }
+    }
+    pub fn work(err: impl Into<anyhow::Error>) -> Fail {
+        Fail {
+            code: 1,
+            err: err.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Fail {
+    fn from(err: anyhow::Error) -> Fail {
+        Fail {
+            code: exit_code_for(&err),
+            err,
+        }
+    }
+}
+
+/// Stdout, where a closed pipe stops output quietly.
+pub struct Out {
+    inner: std::io::StdoutLock<'static>,
+    closed: bool,
+}
+
+impl Out {
+    pub fn new() -> Out {
+        Out {
+            inner: std::io::stdout().lock(),
+            closed: false,
+        }
+    }
+
+    pub fn line(&mut self, s: impl std::fmt::Display) -> Result<(), Fail> {
+        if self.closed {
+            return Ok(());
+        }
+        match writeln!(self.inner, "{s}") {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.closed = true;
+                Ok(())
+            }
+            Err(e) => Err(Fail::work(
+                anyhow::Error::new(e).context("writing to stdout"),
+            )),
+        }
+    }
+
+    pub fn flush(&mut self) -> Result<(), Fail> {
+        if self.closed {
+            return Ok(());
+        }
+        match self.inner.flush() {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Fail::work(
+                anyhow::Error::new(e).context("writing to stdout"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Prints a line on stderr, ignoring errors (there is nowhere else to report them).
+pub fn note(s: impl std::fmt::Display) {
+    let _ = writeln!(std::io::stderr().lock(), "{s}");
+}
+
+pub fn threads(n: Option<u32>) -> usize {
+    match n {
+        Some(n) => n as usize,
+        None => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+    }
+}
+
+/// A byte-count progress bar on stderr when it is a terminal, hidden otherwise.
+pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:40}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    ) {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    pb.set_message(what.to_string());
+    pb
+}
+
+pub fn load(path: &Path) -> Result<Metainfo, Fail> {
+    crate::torrent::load::metainfo_from_file(path).map_err(|e| match e {
+        MetainfoError::Io { .. } => Fail::input(e),
+        e => Fail::input(anyhow::Error::new(e).context(path.display().to_string())),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_classify_errors() {
+        let e = anyhow::Error::new(UsageError("bad".into())).context("outer");
+        assert_eq!(exit_code_for(&e), 2);
+        let e = anyhow::Error::new(MetainfoError::NoData);
+        assert_eq!(exit_code_for(&e), 2);
+        let e = anyhow::anyhow!("disk on fire");
+        assert_eq!(exit_code_for(&e), 1);
+    }
+}
