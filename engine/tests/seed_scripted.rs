@@ -867,16 +867,28 @@ fn download_all(addr: SocketAddr, f: &Fixture) -> Duration {
     started.elapsed()
 }
 
-/// The per-process memory bound of `docs/architecture.md` ("Memory bounds"), in KiB, for one
-/// shard of `buffers` pool buffers and `peers` connections of a torrent with `num_pieces`
-/// pieces, over the seeder's resident size before any peer connected (`base`): every pool
-/// buffer (20 KiB), and per peer its receive buffer (2 x (max message + 4 + 4 KiB)), two
-/// control buffers of at most 2 x max_control_bytes each (capacity doubling), its request queue
-/// (2 x (2 x reqq + 1) x 12 bytes) and maps (2 x reqq x 48 bytes), and 16 KiB for its slot,
-/// session and tasks; plus the allocator's slack (4 MiB: arenas and fragmentation).
-fn memory_bound_kib(base: u64, buffers: u64, peers: u64, num_pieces: u64, reqq: u64) -> u64 {
+/// The per-process memory bound of `docs/architecture.md` ("Memory and descriptor bounds"), in
+/// KiB, for one shard of `buffers` pool buffers and `peers` connections of a torrent with
+/// `num_pieces` pieces, over the seeder's resident size before any peer connected (`base`):
+/// every pool buffer (20 KiB), and per peer its receive buffer (2 x (max message + 4 + 4 KiB)),
+/// two control buffers of at most 2 x max_control each (capacity doubling; max_control as
+/// `SessionConfig::max_control_bytes` with `max_in_flight` = 2 x batch and the write timeout in
+/// seconds), its request queue (2 x (2 x reqq + 1) x 12 bytes) and maps (2 x reqq x 48 bytes),
+/// and 16 KiB for its slot, session and tasks; plus the allocator's slack (4 MiB: arenas and
+/// fragmentation).
+fn memory_bound_kib(
+    base: u64,
+    buffers: u64,
+    peers: u64,
+    num_pieces: u64,
+    reqq: u64,
+    batch: u64,
+    write_timeout: u64,
+) -> u64 {
     let max_msg = (16384 + 9).max(1 + num_pieces.div_ceil(8));
-    let max_control = 16384 + (17 * reqq + 5).max(68 + 5 + num_pieces.div_ceil(8) + 128 + 16);
+    let opening = 68 + 5 + num_pieces.div_ceil(8) + 128 + 14;
+    let while_paused = 17 * (reqq + 2 * batch) + 5 * (2 * write_timeout.div_ceil(10) + 2);
+    let max_control = 16384 + 16 + opening.max(while_paused);
     let per_peer = 2 * (max_msg + 4 + 4096)
         + 2 * 2 * max_control
         + 2 * (2 * reqq + 1) * 12
@@ -917,7 +929,7 @@ fn peers_that_never_read_cannot_grow_the_seeder_and_an_honest_peer_is_served() {
     let beside = download_all(addr, &f);
     let dropped: Vec<bool> = hostiles.into_iter().map(|h| h.join().unwrap()).collect();
     let hwm = proc_status_kib(pid, "VmHWM");
-    let bound = memory_bound_kib(base, 64, abuses.len() as u64 + 1, 256, 2000);
+    let bound = memory_bound_kib(base, 64, abuses.len() as u64 + 1, 256, 2000, 32, 4);
     eprintln!(
         "honest download alone {alone:?}, beside {} hostile peers {beside:?}; seeder RSS before \
          {base} KiB, peak {hwm} KiB (bound {bound} KiB); hostile peers dropped: {dropped:?}",
