@@ -73,7 +73,9 @@ def main():
             if time.monotonic() > deadline:
                 log("error: check did not finish within %ss" % args.timeout)
                 return 1
-            ses.wait_for_alert(100)
+            # Not ses.wait_for_alert: python3-libtorrent 2.0.8 wraps the alert it returns after
+            # releasing its lock, and crashed (SIGSEGV) about once in 1,500 leecher runs.
+            time.sleep(100 / 1000)
         s = h.status()
         out["progress"] = s.progress
         out["is_seed"] = bool(s.is_seeding)
