@@ -2,8 +2,8 @@
 //!
 //! One allocation (the *arena*) is cut into `count` buffers of `stride` bytes, where
 //! `stride = round_up(HEADROOM + block_size, page size)`. Every buffer starts on a page boundary,
-//! so registering them with io_uring charges RLIMIT_MEMLOCK no extra page per buffer (see
-//! `LAB-NOTES.md`). The pool never allocates after [`BufPool::new`]: taking a buffer when none is
+//! so registering them with io_uring charges RLIMIT_MEMLOCK no extra page per buffer (measured
+//! on this kernel: unaligned buffers are charged a page more each; `docs/architecture.md`). The pool never allocates after [`BufPool::new`]: taking a buffer when none is
 //! free waits (backpressure) until another [`PoolBuf`] is dropped.
 //!
 //! Buffer shape (`HEADROOM` = 4096, one page):

@@ -267,7 +267,8 @@ async fn writer(
         None => return,
     };
     // The batch being sent while the next one is read: at most one write in flight, so the
-    // stream stays ordered. It is always awaited, never dropped (see the hazards in DESIGN.md).
+    // stream stays ordered. It is always awaited, never dropped: tokio-uring does not cancel a
+    // dropped operation (docs/architecture.md, "Never drop an in-flight operation").
     let mut sending: Option<Sending<'_>> = None;
     let outcome: Result<(), String> = async {
         loop {
