@@ -793,6 +793,10 @@ def same_bytes(a, b):
         return False
 
 
+# Leecher numbers of the "alone" measurement (their own 127.0.x.y addresses).
+ALONE_K = 600
+
+
 class Honest:
     def __init__(self, ctx, run_end, timeout, workdir):
         self.ctx = ctx
@@ -1013,6 +1017,20 @@ def run(args, binary, workdir):
     ctx.torrent = Torrent(info_hash, ctx.size)
 
     time.sleep(1.0)  # settle
+    # The honest rate alone: two leechers at once (as during the run), no hostile peer yet.
+    alone = Honest(ctx, 0.0, args.leech_timeout, workdir)
+    alone_threads = [threading.Thread(target=alone.one, args=(k,), daemon=True)
+                     for k in (ALONE_K, ALONE_K + 1)]
+    for th in alone_threads:
+        th.start()
+    for th in alone_threads:
+        th.join(args.leech_timeout + 40)
+    alone_ok = [d for d in alone.done if d["ok"]]
+    alone_rate = statistics.median([d["mbps"] for d in alone_ok]) if alone_ok else 0.0
+    log("honest leechers alone: %s MB/s" % ", ".join("%.0f" % d["mbps"] for d in alone.done))
+    if len(alone_ok) < 2:
+        log("error: the honest leechers failed even without hostile peers")
+        return 1
     t0 = time.monotonic()
     sampler = Sampler(seeder.pid, t0)
     base = sampler.sample()
@@ -1106,6 +1124,10 @@ def run(args, binary, workdir):
     rates = [d["mbps"] for d in good]
     print("honest: %d downloads completed intact, %d failed; MB/s min %.0f, median %.0f, max %.0f" % (
         len(good), len(bad), min(rates or [0]), statistics.median(rates or [0]), max(rates or [0])))
+    beside = statistics.median(rates or [0])
+    print("honest alone (2 at once, no hostile peer): median %.0f MB/s; beside the hostile peers: "
+          "median %.0f MB/s (%.2fx; bound: at least 0.5x)" % (alone_rate, beside,
+                                                              beside / alone_rate))
     print("hostile: %d connections made (%d failed to connect, %d other socket errors, at most %d "
           "open at once), %d closed by the seeder" % (
               len(made), len(conn_err), len(os_err), hostile.open_max, len(closed)))
@@ -1146,6 +1168,9 @@ def run(args, binary, workdir):
             d["ip"], d["rc"], "intact" if d.get("intact") else "not intact"))
     if len(good) < 2:
         failures.append("only %d honest downloads completed (need 2)" % len(good))
+    if beside < alone_rate / 2:
+        failures.append("honest leechers beside the hostile peers ran at %.0f MB/s (median), "
+                        "less than half of %.0f MB/s alone" % (beside, alone_rate))
     if run_peak > base_rss + RSS_SLACK_KIB:
         failures.append("max RSS %.1f MiB > baseline %.1f + %d MiB" % (
             run_peak / 1024, base_rss / 1024, RSS_SLACK_KIB // 1024))
