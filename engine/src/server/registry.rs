@@ -437,5 +437,65 @@ mod tests {
         assert_eq!(bytes.len(), 9);
         assert_eq!(bytes[8], 0b1111_1100); // bits 64..70: six set, two spare clear
         assert_eq!(AtomicBits::new(64, true).count(), 64);
+        assert!(all.clear(3));
+        assert!(!all.clear(3));
+        assert!(!all.get(3));
+        assert_eq!(all.count(), 69);
+    }
+
+    /// Two files of 3 and 2 pieces (16 KiB pieces): pieces 0..3 are a.bin's, 3..5 b.bin's.
+    fn two_files() -> Torrent {
+        use uring_bt_proto::layout::FileEntry;
+        let fe = |p: &str, len: u64| FileEntry {
+            path: PathBuf::from(p),
+            length: len,
+            padding: false,
+        };
+        let layout = Layout::new(vec![fe("t/a.bin", 3 * 16384), fe("t/b.bin", 2 * 16384)], 16384)
+            .expect("layout");
+        Torrent::new_seed(
+            0,
+            [1; 20],
+            "t".into(),
+            Arc::new(layout),
+            PathBuf::from("/srv"),
+            vec![[0; 20]; 5].into(),
+            true,
+        )
+    }
+
+    #[test]
+    fn storage_errors_fail_a_file_or_a_piece_once() {
+        let t = two_files();
+        // EIO on a block of piece 1: that piece only; the first report is news, a repeat not.
+        let eio = StorageError::Io {
+            path: PathBuf::from("/srv/t/a.bin"),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        };
+        assert!(t.on_storage_error(1, &eio));
+        assert!(!t.on_storage_error(1, &eio));
+        assert_eq!((t.unavailable(), t.can_serve(0), t.can_serve(1)), (1, true, false));
+        // b.bin missing: both of its pieces, whichever one was read.
+        let gone = StorageError::FileMissing {
+            path: PathBuf::from("/srv/t/b.bin"),
+        };
+        assert!(t.on_storage_error(4, &gone));
+        assert!(!t.can_serve(3) && !t.can_serve(4) && t.can_serve(2));
+        assert_eq!(t.unavailable(), 3);
+        assert!(!t.is_seed());
+        assert_eq!(t.servable_bitfield(), vec![0b1010_0000]);
+        // The first error is the torrent's error; a bad request changes nothing.
+        assert!(t.error().is_some_and(|e| e.contains("a.bin")));
+        assert!(!t.on_storage_error(
+            0,
+            &StorageError::BlockTooLarge {
+                len: 1 << 20,
+                capacity: 16384
+            }
+        ));
+        assert!(t.can_serve(0));
+        // The file changes again: its pieces get another chance (checked before served).
+        assert_eq!(t.file_changed(1), 2);
+        assert!(t.can_serve(3) && !t.verified.get(3));
     }
 }
