@@ -451,8 +451,11 @@ mod tests {
             length: len,
             padding: false,
         };
-        let layout = Layout::new(vec![fe("t/a.bin", 3 * 16384), fe("t/b.bin", 2 * 16384)], 16384)
-            .expect("layout");
+        let layout = Layout::new(
+            vec![fe("t/a.bin", 3 * 16384), fe("t/b.bin", 2 * 16384)],
+            16384,
+        )
+        .expect("layout");
         Torrent::new_seed(
             0,
             [1; 20],
@@ -474,7 +477,10 @@ mod tests {
         };
         assert!(t.on_storage_error(1, &eio));
         assert!(!t.on_storage_error(1, &eio));
-        assert_eq!((t.unavailable(), t.can_serve(0), t.can_serve(1)), (1, true, false));
+        assert_eq!(
+            (t.unavailable(), t.can_serve(0), t.can_serve(1)),
+            (1, true, false)
+        );
         // b.bin missing: both of its pieces, whichever one was read.
         let gone = StorageError::FileMissing {
             path: PathBuf::from("/srv/t/b.bin"),
