@@ -173,6 +173,7 @@ pub async fn read_batch(
     }
     let n = bufs.len();
     let results = read_all(&*shard.store, tid, &reqs[..n], bufs, shard.cfg.coalesce).await;
+    shard.publish_stats();
     // A stat per file per batch, after the reads: a file changed since its check is not sent.
     let mut seen = Vec::new();
     for (r, (res, buf)) in reqs.drain(..n).zip(results) {

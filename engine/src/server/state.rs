@@ -151,9 +151,13 @@ pub struct Shard {
 }
 
 impl Shard {
-    /// Adds what the storage ring's file table did since the last call to the server's counters.
+    /// Adds what the storage ring's file table did since the last call to the server's counters
+    /// (after every batch's reads and every tick: a few loads when nothing changed).
     pub fn publish_stats(&self) {
         let st = self.store.stats();
+        if self.published.get() == (st.opens, st.evictions) {
+            return;
+        }
         let (opens, evictions) = self.published.replace((st.opens, st.evictions));
         let server = &self.registry.server;
         server
