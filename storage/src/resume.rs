@@ -84,7 +84,10 @@ pub fn set_bit(bits: &mut [u8], i: u32, on: bool) {
 }
 
 /// Stamps (size, mtime) of every file of `layout` under `root`; padding files and files that
-/// cannot be stat'ed read as not existing. Symlinks are not followed.
+/// cannot be stat'ed read as not existing. Symlinks are followed, as the server and the check
+/// follow the ones that stay inside the save directory (`files::open_data_file`): a link whose
+/// target changed must not pass for unchanged (one that leaves the directory is refused when
+/// opened, whatever its stamp says).
 pub fn stamp_files(layout: &Layout, root: &Path) -> Vec<FileStamp> {
     layout
         .files()
@@ -93,7 +96,7 @@ pub fn stamp_files(layout: &Layout, root: &Path) -> Vec<FileStamp> {
             if f.padding {
                 return FileStamp::default();
             }
-            match std::fs::symlink_metadata(root.join(&f.path)) {
+            match std::fs::metadata(root.join(&f.path)) {
                 Ok(m) if m.is_file() => FileStamp {
                     exists: true,
                     size: m.len(),
@@ -409,6 +412,27 @@ mod tests {
         std::fs::remove_file(dir.path().join("t/a")).unwrap();
         let p = plan(&rp, &[7; 20], &l, dir.path());
         assert_eq!(p.recheck, vec![0, 1, 4]);
+    }
+
+    #[test]
+    fn a_symlinked_file_whose_target_changed_is_rechecked() {
+        // t/c is a link inside the save directory (the server follows it): a change of its
+        // target's content between runs must not pass for unchanged.
+        let (dir, l) = setup();
+        std::fs::write(dir.path().join("t/c.real"), vec![1u8; 10]).unwrap();
+        std::fs::remove_file(dir.path().join("t/c")).unwrap();
+        std::os::unix::fs::symlink("c.real", dir.path().join("t/c")).unwrap();
+        let have = vec![0b1111_1000];
+        let rp = dir.path().join("x.resume");
+        save(&rp, &snapshot([7; 20], &l, dir.path(), &have)).unwrap();
+        assert!(plan(&rp, &[7; 20], &l, dir.path()).recheck.is_empty());
+        let f = File::options()
+            .write(true)
+            .open(dir.path().join("t/c.real"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(plan(&rp, &[7; 20], &l, dir.path()).recheck, vec![4]);
     }
 
     #[test]
