@@ -13,11 +13,14 @@
 //! - [`session`]: one connection from first byte to close: handshake order, our extension
 //!   handshake, the bounded outgoing control queue, timers driven by `now`.
 //! - [`choker`]: upload-slot choking (seed mode).
+//! - [`ext`]: BEP 9 `ut_metadata` and BEP 11 `ut_pex`: codecs and per-connection bounds.
 
 pub mod bencode;
 pub mod choker;
+pub mod ext;
 pub mod layout;
 pub mod metainfo;
 pub mod peer;
 pub mod session;
+pub mod tracker;
 pub mod wire;

@@ -84,6 +84,18 @@ write("ext_handshake", "libtorrent", EXT_LIBTORRENT)
 # Regression: a `v` of invalid UTF-8 above EXT_MAX_V_LEN (lossy conversion broke the cap).
 write("ext_handshake", "v-invalid-utf8", b"d1:v130:" + b"\xff" * 130 + b"e")
 
+# ext: the whole input is a ut_metadata payload; its first byte is how many seconds pass
+# between two deliveries of the rest as a ut_pex payload ("d" = 100 s, past the minimum
+# interval); and [3 bytes of info dict length, then 2 bytes per request] for the metadata server.
+write("ext", "metadata-request", b({"msg_type": 0, "piece": 1}))
+write("ext", "metadata-reject", b({"msg_type": 2, "piece": 0}))
+write("ext", "metadata-data", b({"msg_type": 1, "piece": 1, "total_size": 16390}) + b"sixbyt")
+PEX = b({"added": bytes([10, 0, 0, 1, 0x1A, 0xE1, 10, 0, 0, 2, 0, 80]), "added.f": b"\x02\x10",
+         "added6": bytes(15) + b"\x01" + b"\x1a\xe1", "added6.f": b"\x04",
+         "dropped": bytes([10, 0, 0, 3, 0x1A, 0xE1]), "dropped6": b""})
+write("ext", "pex", b"d" + PEX)
+write("ext", "pex-too-soon", b"\x0a" + PEX)
+
 # wire: one control byte (FAST, seed, chunk size), then a handshake and a message stream.
 stream = (handshake() + msg(2) + request(0, 0, 16384) + request(1, 16384, 100)
           + request(0, 0, 16384, msg_id=8) + msg(20, b"\x00" + EXT_LIBTORRENT) + struct.pack(">I", 0)
@@ -136,12 +148,14 @@ os.makedirs(os.path.join(HERE, "..", "dict"), exist_ok=True)
 tokens = ["d", "e", "l", "i", "i0e", "i-1e", "0:", "1:", "de", "le", "d1:md", "1:m", "1:v", "1:p",
           "4:reqq", "6:yourip", "13:metadata_size", "11:ut_metadata", "6:ut_pex", "4:info",
           "4:name", "6:length", "12:piece length", "6:pieces", "5:files", "4:path", "8:announce",
-          "13:announce-list", "8:url-list", "7:private", "4:attr"]
+          "13:announce-list", "8:url-list", "7:private", "4:attr", "8:msg_type", "5:piece",
+          "10:total_size", "5:added", "7:added.f", "6:added6", "8:added6.f", "7:dropped",
+          "8:dropped6"]
 with open(os.path.join(HERE, "..", "dict", "bencode.dict"), "w") as f:
     f.write("# bencode tokens and the keys uring-bt-proto reads (libFuzzer -dict format)\n")
     for t in tokens:
         f.write('"%s"\n' % t.replace("\\", "\\\\").replace('"', '\\"'))
-for target in ["ext_handshake", "metainfo"]:
+for target in ["ext_handshake", "metainfo", "ext"]:
     link = os.path.join(HERE, "..", "dict", target + ".dict")
     if not os.path.lexists(link):
         os.symlink("bencode.dict", link)
