@@ -35,6 +35,8 @@ fn view() -> TorrentView {
         piece_length: PIECE_LEN,
         last_piece_length: LAST_LEN,
         seed: true,
+        private: false,
+        metadata: None,
     }
 }
 

@@ -593,9 +593,11 @@ impl Metainfo {
             m.push_str("&tr=");
             m.extend(utf8_percent_encode(url, URI_COMPONENT));
         }
+        // `ip:port` and `[ipv6]:port` as they are: ':' and brackets are legal in a query, and
+        // libtorrent does not percent-decode x.pe (an encoded colon makes it drop the peer).
         for p in peers {
             m.push_str("&x.pe=");
-            m.extend(utf8_percent_encode(&p.to_string(), URI_COMPONENT));
+            m.push_str(&p.to_string());
         }
         m
     }
@@ -743,7 +745,7 @@ mod tests {
         assert_eq!(
             mag,
             format!(
-                "magnet:?xt=urn:btih:{}&dn=a.bin&tr=u%3A1&tr=u%3A2&tr=u%3A3&x.pe=127.0.0.1%3A6881",
+                "magnet:?xt=urn:btih:{}&dn=a.bin&tr=u%3A1&tr=u%3A2&tr=u%3A3&x.pe=127.0.0.1:6881",
                 m.info_hash_hex()
             )
         );

@@ -12,11 +12,15 @@
 //! # Bounds (per connection)
 //! - **Control queue** (`out`): decoding stops while it holds [`SessionConfig::out_high_water`]
 //!   bytes or more (the driver then stops reading from the socket: backpressure), so it never
-//!   exceeds [`SessionConfig::max_control_bytes`]: the mark, plus 16 (no peer message adds more
-//!   than one 17-byte REJECT), plus the larger of our opening (`68 + 5 + bitfield_len +
+//!   exceeds [`SessionConfig::max_control_bytes`]: the mark, plus [`MAX_METADATA_REPLY`] (no
+//!   peer message adds more than one reply: a 17-byte REJECT, or one BEP 9 metadata piece of at
+//!   most 16 KiB and its header), plus the larger of our opening (`68 + 5 + bitfield_len +
 //!   ext_handshake_len`) and what the shard adds while decoding is paused: a REJECT per request
-//!   queued or taken (`17 x (reqq + max_in_flight)`; a CHOKE rejects the whole queue with FAST)
-//!   and 5 bytes per choker decision until the write timeout drops a peer that does not read.
+//!   queued or taken (`17 x (reqq + max_in_flight)`; a CHOKE rejects the whole queue with FAST),
+//!   5 bytes per choker decision and one PEX message ([`MAX_PEX_MESSAGE`]) a minute until the
+//!   write timeout drops a peer that does not read.
+//! - **Metadata** (BEP 9): at most `2 x metadata_pieces + 4` pieces served per connection
+//!   (`ext::default_max_replies`); later requests are rejected.
 //! - **Input**: the driver keeps what [`Session::receive`] did not consume; a message is never
 //!   longer than [`Session::max_message_len`] (the torrent's BITFIELD or a PIECE, capped by the
 //!   wire limit), checked from its length prefix before its body is buffered.
@@ -25,6 +29,10 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use crate::ext::{
+    self, MetadataAnswer, MetadataMsg, MetadataServer, PexReceiver, PexSender, OUR_UT_METADATA_ID,
+    OUR_UT_PEX_ID, PEX_MAX_REMEMBERED, UT_METADATA, UT_PEX,
+};
 use crate::peer::{Action, Actions, DisconnectReason, Peer, PeerConfig};
 use crate::wire::{
     self, BlockRef, ExtHandshake, Handshake, Message, WireError, BLOCK_SIZE, HANDSHAKE_LEN,
@@ -82,23 +90,31 @@ impl SessionConfig {
     }
 
     /// The most bytes the control queue of a session of a torrent with `num_pieces` pieces can
-    /// hold (see the module's bounds): the high-water mark, plus 16 (decoding stops only once the
-    /// mark is reached, and no peer message adds more than one 17-byte REJECT), plus the larger
-    /// of our opening and what the shard may add while decoding is paused: one REJECT for every
-    /// request queued or taken (`reqq + max_in_flight`, each answered exactly once) and a CHOKE
-    /// or UNCHOKE per choker decision (at most two per rechoke period until the write timeout
-    /// drops a peer that does not read, plus two).
+    /// hold (see the module's bounds): the high-water mark, plus [`MAX_METADATA_REPLY`]
+    /// (decoding stops only once the mark is reached, and no peer message adds more than one
+    /// reply), plus the larger of our opening and what the shard may add while decoding is
+    /// paused: one REJECT for every request queued or taken (`reqq + max_in_flight`, each
+    /// answered exactly once), a CHOKE or UNCHOKE per choker decision (at most two per rechoke
+    /// period until the write timeout drops a peer that does not read, plus two) and one PEX
+    /// message per PEX interval.
     pub fn max_control_bytes(&self, num_pieces: u32) -> usize {
         let toggles = 2 * self.write_timeout.as_secs().div_ceil(10) as usize + 2;
-        let while_paused = 17 * (self.reqq as usize + self.max_in_flight as usize) + 5 * toggles;
+        let pex = MAX_PEX_MESSAGE
+            * (self
+                .write_timeout
+                .as_secs()
+                .div_ceil(ext::PEX_INTERVAL.as_secs()) as usize
+                + 1);
+        let while_paused =
+            17 * (self.reqq as usize + self.max_in_flight as usize) + 5 * toggles + pex;
         let opening =
-            HANDSHAKE_LEN + 5 + (num_pieces as usize).div_ceil(8) + 128 + self.client.len();
-        self.out_high_water + 16 + while_paused.max(opening)
+            HANDSHAKE_LEN + 5 + (num_pieces as usize).div_ceil(8) + 160 + self.client.len();
+        self.out_high_water + MAX_METADATA_REPLY + while_paused.max(opening)
     }
 }
 
 /// What the session needs to know of the torrent the peer asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TorrentView {
     pub info_hash: [u8; 20],
     pub num_pieces: u32,
@@ -106,7 +122,17 @@ pub struct TorrentView {
     pub last_piece_length: u32,
     /// We have every piece.
     pub seed: bool,
+    /// BEP 27: no PEX, and no metadata to peers (they must have the .torrent).
+    pub private: bool,
+    /// The raw info dictionary, served by BEP 9 `ut_metadata` (`None`: not served).
+    pub metadata: Option<std::sync::Arc<[u8]>>,
 }
+
+/// The largest PEX message we send: 50 added and 50 dropped per family (compact entries and
+/// flags) and the keys.
+pub const MAX_PEX_MESSAGE: usize = 6 + 2 + 16 + 50 * (6 + 1 + 18 + 1) + 50 * (6 + 18) + 128;
+/// The largest metadata reply: framing, the bencoded header and a 16 KiB piece.
+pub const MAX_METADATA_REPLY: usize = 6 + 64 + crate::ext::METADATA_PIECE_LEN;
 
 /// Why a session ended (or must end).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -127,6 +153,10 @@ pub enum CloseReason {
     Idle(Duration),
     #[error("a write made no progress for {0:?}: the peer stopped reading")]
     WriteStalled(Duration),
+    #[error("the peer we dialed answered for another torrent")]
+    WrongInfoHash,
+    #[error("connected to ourselves")]
+    SelfConnection,
 }
 
 impl CloseReason {
@@ -183,6 +213,16 @@ pub struct Session {
     last_recv: Instant,
     last_send: Instant,
     writing_since: Option<Instant>,
+    /// We dialed this peer for this torrent: our handshake went first.
+    dialed: Option<[u8; 20]>,
+    /// BEP 9: the info dictionary we serve and this connection's bound on it.
+    metadata: Option<(std::sync::Arc<[u8]>, MetadataServer)>,
+    /// BEP 11: what we told this peer (`None`: private torrent).
+    pex_out: Option<PexSender>,
+    pex_in: PexReceiver,
+    /// PEX messages received and decoded (the peers in them are used when downloading).
+    pex_received: u64,
+    scratch: Vec<u8>,
 }
 
 impl Session {
@@ -201,7 +241,84 @@ impl Session {
             last_recv: now,
             last_send: now,
             writing_since: None,
+            dialed: None,
+            metadata: None,
+            pex_out: None,
+            pex_in: PexReceiver::new(),
+            pex_received: 0,
+            scratch: Vec::new(),
         }
+    }
+
+    /// A connection we dialed to `remote_ip` for the torrent `info_hash`, at `now`: our
+    /// handshake is queued at once (the dialing side speaks first); the peer's must name the
+    /// same torrent. The rest of our opening follows [`Session::attach`] as for an inbound one.
+    pub fn new_outbound(
+        cfg: SessionConfig,
+        remote_ip: Option<IpAddr>,
+        now: Instant,
+        info_hash: [u8; 20],
+    ) -> Self {
+        let mut s = Session::new(cfg, remote_ip, now);
+        let ours = Handshake {
+            reserved: OUR_RESERVED,
+            info_hash,
+            peer_id: s.cfg.peer_id,
+        };
+        wire::encode_handshake(&ours, &mut s.out);
+        s.dialed = Some(info_hash);
+        s
+    }
+
+    /// The port the peer listens on, from its extension handshake.
+    pub fn peer_listen_port(&self) -> Option<u16> {
+        self.peer.as_ref()?.ext_handshake()?.p.filter(|&p| p != 0)
+    }
+
+    /// PEX messages received from this peer and decoded.
+    pub fn pex_received(&self) -> u64 {
+        self.pex_received
+    }
+
+    /// Metadata pieces served on this connection.
+    pub fn metadata_served(&self) -> u32 {
+        self.metadata.as_ref().map_or(0, |(_, m)| m.served())
+    }
+
+    /// BEP 11: at `now`, given the torrent's connected peers (`swarm`, this peer's own entry
+    /// left out by the caller), queues a PEX message when one is due (at most one per
+    /// [`ext::PEX_INTERVAL`], only to a peer that supports `ut_pex`, never for a private
+    /// torrent). Returns true when control bytes were queued.
+    pub fn poll_pex(&mut self, now: Instant, swarm: &[(std::net::SocketAddr, u8)]) -> bool {
+        let Some(pex) = self.pex_out.as_mut() else {
+            return false;
+        };
+        let Some(their_id) = self
+            .peer
+            .as_ref()
+            .and_then(|p| p.ext_handshake())
+            .and_then(|h| h.m.get(UT_PEX).copied())
+            .filter(|&id| id != 0)
+        else {
+            return false;
+        };
+        self.scratch.clear();
+        if !pex.poll(now, swarm, &mut self.scratch) {
+            return false;
+        }
+        wire::encode(
+            &Message::Extended {
+                id: their_id,
+                payload: &self.scratch,
+            },
+            &mut self.out,
+        );
+        true
+    }
+
+    /// True for a connection we dialed.
+    pub fn is_outbound(&self) -> bool {
+        self.dialed.is_some()
     }
 
     pub fn phase(&self) -> Phase {
@@ -240,6 +357,12 @@ impl Session {
                 return match wire::decode_handshake(buf) {
                     Ok(None) => Ok(r),
                     Ok(Some(hs)) => {
+                        if self.dialed.is_some_and(|ih| ih != hs.info_hash) {
+                            return Err(CloseReason::WrongInfoHash);
+                        }
+                        if hs.peer_id == self.cfg.peer_id {
+                            return Err(CloseReason::SelfConnection);
+                        }
                         self.handshake = Some(hs);
                         self.phase = Phase::AwaitTorrent;
                         r.consumed = HANDSHAKE_LEN;
@@ -265,6 +388,16 @@ impl Session {
                     peer.on_message(&msg, &mut self.actions);
                     r.interest_changed |= peer.is_interested() != was_interested;
                     apply(&mut self.actions, &mut self.out, &mut r)?;
+                    if let Message::Extended { id, payload } = msg {
+                        if id == OUR_UT_METADATA_ID {
+                            r.wake |= on_metadata(peer, &mut self.metadata, payload, &mut self.out);
+                        } else if id == OUR_UT_PEX_ID && self.pex_out.is_some() {
+                            // Lenient: a malformed or too frequent PEX message is ignored.
+                            if let Ok(Some(_)) = self.pex_in.on_message(self.last_recv, payload) {
+                                self.pex_received += 1;
+                            }
+                        }
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => return Err(CloseReason::Wire(e)),
@@ -280,12 +413,14 @@ impl Session {
         let Some(hs) = self.handshake else {
             return;
         };
-        let ours = Handshake {
-            reserved: OUR_RESERVED,
-            info_hash: t.info_hash,
-            peer_id: self.cfg.peer_id,
-        };
-        wire::encode_handshake(&ours, &mut self.out);
+        if self.dialed.is_none() {
+            let ours = Handshake {
+                reserved: OUR_RESERVED,
+                info_hash: t.info_hash,
+                peer_id: self.cfg.peer_id,
+            };
+            wire::encode_handshake(&ours, &mut self.out);
+        }
         let cfg = PeerConfig::new(
             t.num_pieces,
             t.piece_length,
@@ -302,13 +437,26 @@ impl Session {
         // Our opening holds no Disconnect.
         let _ = apply(&mut self.actions, &mut self.out, &mut r);
         if hs.supports_extensions() {
-            let ext = ExtHandshake {
+            let mut ext = ExtHandshake {
                 v: Some(self.cfg.client.clone()),
                 reqq: Some(self.cfg.reqq),
                 yourip: self.remote_ip,
                 p: Some(self.cfg.listen_port),
                 ..ExtHandshake::default()
             };
+            if !t.private {
+                if let Some(info) = &t.metadata {
+                    let server =
+                        MetadataServer::new(info.len(), ext::default_max_replies(info.len()));
+                    if let Some(size) = server.metadata_size() {
+                        ext.m.insert(UT_METADATA.to_string(), OUR_UT_METADATA_ID);
+                        ext.metadata_size = Some(size);
+                        self.metadata = Some((info.clone(), server));
+                    }
+                }
+                ext.m.insert(UT_PEX.to_string(), OUR_UT_PEX_ID);
+                self.pex_out = Some(PexSender::new(PEX_MAX_REMEMBERED));
+            }
             let payload = ext.encode();
             wire::encode(
                 &Message::Extended {
@@ -378,6 +526,11 @@ impl Session {
         r.wake
     }
 
+    /// A write to the socket is in flight.
+    pub fn is_writing(&self) -> bool {
+        self.writing_since.is_some()
+    }
+
     /// A write to the socket started at `now`.
     pub fn on_write_start(&mut self, now: Instant) {
         self.writing_since = Some(now);
@@ -419,6 +572,48 @@ impl Session {
     }
 }
 
+/// A `ut_metadata` message from the peer: a request is answered (a piece of the info
+/// dictionary, or a reject when it is out of range or the connection's bound is spent), sent
+/// to the id the peer's extension handshake gave; anything else is ignored (we never request
+/// metadata while seeding). Returns true when bytes were queued.
+fn on_metadata(
+    peer: &Peer,
+    metadata: &mut Option<(std::sync::Arc<[u8]>, MetadataServer)>,
+    payload: &[u8],
+    out: &mut Vec<u8>,
+) -> bool {
+    let Some(their_id) = peer
+        .ext_handshake()
+        .and_then(|h| h.m.get(UT_METADATA).copied())
+        .filter(|&id| id != 0)
+    else {
+        return false;
+    };
+    let Ok(MetadataMsg::Request { piece }) = ext::decode_metadata(payload) else {
+        return false;
+    };
+    let mut body = Vec::new();
+    match metadata.as_mut() {
+        Some((info, server)) => match server.on_request(piece) {
+            MetadataAnswer::Serve { piece, range } => match info.get(range) {
+                Some(data) => ext::encode_metadata_data(piece, info.len() as u64, data, &mut body),
+                None => ext::encode_metadata_reject(piece, &mut body),
+            },
+            MetadataAnswer::Reject { piece } => ext::encode_metadata_reject(piece, &mut body),
+        },
+        // Not served (private torrent): every request is rejected.
+        None => ext::encode_metadata_reject(piece, &mut body),
+    }
+    wire::encode(
+        &Message::Extended {
+            id: their_id,
+            payload: &body,
+        },
+        out,
+    );
+    true
+}
+
 /// Encodes the machine's actions into the control queue.
 fn apply(actions: &mut Actions, out: &mut Vec<u8>, r: &mut Received) -> Result<(), CloseReason> {
     let mut close = None;
@@ -452,6 +647,8 @@ mod tests {
             piece_length: 32768,
             last_piece_length: 1000,
             seed: true,
+            private: false,
+            metadata: None,
         }
     }
 
@@ -502,6 +699,43 @@ mod tests {
         assert_eq!(ext.p, Some(6881));
         assert_eq!(ext.yourip, Some("127.0.0.2".parse().unwrap()));
         assert_eq!(msgs.len(), 2);
+    }
+
+    #[test]
+    fn outbound_speaks_first_and_checks_the_torrent() {
+        let t0 = Instant::now();
+        let cfg = SessionConfig::new([1; 20], 6881, 50);
+        let mut s = Session::new_outbound(cfg.clone(), None, t0, IH);
+        assert!(s.is_outbound());
+        let mut out = Vec::new();
+        s.take_control(&mut out);
+        let hs = wire::decode_handshake(&out).unwrap().unwrap();
+        assert_eq!((hs.info_hash, hs.peer_id), (IH, [1; 20]));
+        assert_eq!(
+            out.len(),
+            HANDSHAKE_LEN,
+            "only the handshake before theirs arrives"
+        );
+        assert_eq!(
+            s.receive(&their_handshake(true)).unwrap().consumed,
+            HANDSHAKE_LEN
+        );
+        s.attach(&view(), &[]);
+        out.clear();
+        s.take_control(&mut out);
+        // No second handshake: HAVE ALL and the extension handshake follow.
+        let msgs = decode_all(&out);
+        assert_eq!(msgs[0], OwnedMessage::HaveAll);
+        assert_eq!(msgs.len(), 2);
+        // A peer answering for another torrent, or ourselves, is refused.
+        let mut other = Session::new_outbound(cfg.clone(), None, t0, [8; 20]);
+        assert_eq!(
+            other.receive(&their_handshake(true)),
+            Err(CloseReason::WrongInfoHash)
+        );
+        let mut me = Session::new_outbound(cfg, None, t0, IH);
+        let mine = Handshake::new(IH, [1; 20]).to_bytes().to_vec();
+        assert_eq!(me.receive(&mine), Err(CloseReason::SelfConnection));
     }
 
     #[test]

@@ -74,7 +74,7 @@ enum Command {
     /// Check data on disk against a .torrent; exit 0 when every piece is good, 1 otherwise.
     Verify(VerifyArgs),
     /// Seed torrents to peers (thread-per-core, io_uring).
-    Seed(crate::cli::seed::SeedArgs),
+    Seed(Box<crate::cli::seed::SeedArgs>),
     /// Measure throughput against this machine's limits.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -158,7 +158,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
         Command::Create(a) => create_cmd(a),
         Command::Info(a) => info_cmd(a),
         Command::Verify(a) => verify_cmd(a),
-        Command::Seed(a) => Ok(crate::cli::seed::run(a)?),
+        Command::Seed(a) => Ok(crate::cli::seed::run(*a)?),
         Command::Bench(BenchCommand::Disk(a)) => Ok(crate::bench::disk::run_disk(a)?),
     }
 }

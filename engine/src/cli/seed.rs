@@ -5,7 +5,7 @@
 //! listen and hand over to the control plane (`control::status`) until SIGINT/SIGTERM. The data
 //! plane is the shards (`server::shard`).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -13,20 +13,24 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use uring_bt_proto::metainfo::Metainfo;
 use uring_bt_proto::session::SessionConfig;
 use uring_bt_proto::wire::BLOCK_SIZE;
 
 use crate::cli::common::UsageError;
-use crate::control::status::{control_loop, human_bytes};
+use crate::control::announce::{AnnounceTorrent, Announcer, AnnouncerConfig, Progress};
+use crate::control::dialer::DialerConfig;
+use crate::control::run::{Ended, ServerPlan};
+use crate::control::status::human_bytes;
+use crate::control::supervisor::Intensity;
 use crate::server::affinity::{allowed_cpus, cpu_for_shard};
 use crate::server::limits::{fd_budget, raise_nofile};
 use crate::server::registry::{hex, Registry, Torrent};
 use crate::server::shard;
 use crate::server::state::ShardConfig;
-use crate::torrent::check::{check_or_resume, default_state_dir};
+use crate::torrent::check::{check_or_resume, default_state_dir, save_resume};
 
 /// Arguments of `uring-bt seed`.
 #[derive(Debug, clap::Args)]
@@ -46,9 +50,37 @@ pub struct SeedArgs {
     /// Where to write the torrent made from PATH (default: beside the data, PATH.torrent).
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
-    /// Tracker for a torrent made from PATH (repeatable).
+    /// Tracker to announce to, added to every torrent's own (repeatable; http://, https:// or
+    /// udp://). Also written into a torrent made from PATH.
     #[arg(long = "tracker", value_name = "URL")]
     pub trackers: Vec<String>,
+    /// Announce to no tracker (peers must find us by the magnet's x.pe= or be given our
+    /// address).
+    #[arg(long)]
+    pub no_announce: bool,
+    /// The IP address trackers should hand out for us (a server behind NAT); default: the one
+    /// the tracker sees.
+    #[arg(long, value_name = "IP")]
+    pub announce_ip: Option<std::net::IpAddr>,
+    /// The port trackers should hand out (a port forward); default: the listening port.
+    #[arg(long, value_name = "PORT")]
+    pub announce_port: Option<u16>,
+    /// Most announces started per second (a server with thousands of torrents spreads them).
+    #[arg(long, default_value_t = 20.0, value_name = "N")]
+    pub announce_rate: f64,
+    /// Outgoing connections per torrent to peers from trackers (transmission, for one, never
+    /// dials a loopback seeder: it must be dialed).
+    #[arg(long, default_value_t = 32, value_name = "N")]
+    pub max_dials: usize,
+    /// Shard restarts allowed within --restart-window before the server gives up and exits 1.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub max_restarts: u32,
+    /// Seconds over which --max-restarts is counted.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub restart_window: u64,
+    /// Seconds a clean stop may take: sends in flight finish, `stopped` is announced.
+    #[arg(long, default_value_t = 5, value_name = "SECS")]
+    pub stop_timeout: u64,
     /// Address to listen on; port 0 picks a free port (printed at start).
     #[arg(long, default_value = "0.0.0.0:6881", value_name = "ADDR:PORT")]
     pub listen: SocketAddr,
@@ -250,6 +282,27 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     if args.write_timeout == 0 || args.write_timeout > 3600 {
         return Err(usage("--write-timeout must be between 1 and 3600 seconds"));
     }
+    if !(0.1..=10_000.0).contains(&args.announce_rate) {
+        return Err(usage("--announce-rate must be between 0.1 and 10000"));
+    }
+    if args.max_restarts > 1000 || args.restart_window == 0 || args.restart_window > 86_400 {
+        return Err(usage(
+            "--max-restarts must be at most 1000 and --restart-window between 1 and 86400",
+        ));
+    }
+    if args.stop_timeout > 600 {
+        return Err(usage("--stop-timeout must be at most 600 seconds"));
+    }
+    for url in &args.trackers {
+        let ok = ["http://", "https://", "udp://"]
+            .iter()
+            .any(|p| url.len() > p.len() && url[..p.len()].eq_ignore_ascii_case(p));
+        if !ok {
+            return Err(usage(format_args!(
+                "--tracker {url}: not an http://, https:// or udp:// URL"
+            )));
+        }
+    }
     let nofile = raise_nofile();
     // Refusing --shards/--max-open-files under the open-file limit is a usage error too.
     let (max_peers, files_per_shard) =
@@ -275,7 +328,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
             None => default_state_dir()?,
         })
     };
-    let mut registry = Registry::new();
+    let registry = Registry::new();
     for (i, l) in loaded.iter().enumerate() {
         let verified = if args.skip_check {
             false
@@ -285,7 +338,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
         if !verified && !args.skip_check {
             return Ok(ExitCode::from(1));
         }
-        let t = Torrent::new_seed(
+        let mut t = Torrent::new_seed(
             i,
             l.meta.info_hash,
             l.meta.name.clone(),
@@ -294,6 +347,11 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
             l.meta.pieces.clone().into(),
             verified,
         );
+        t.private = l.meta.private;
+        // BEP 9: what a magnet link's client asks for; never for a private torrent (BEP 27).
+        if !l.meta.private {
+            t.metadata = Some(Arc::from(l.meta.info_bytes.as_slice()));
+        }
         // What the pieces were verified against (checked above, or lazily when served).
         t.stamp_files();
         registry.add(t).map_err(anyhow::Error::msg)?;
@@ -324,8 +382,8 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     session.out_high_water = args.control_queue;
     // Two batches: the one being sent and the one read ahead.
     session.max_in_flight = 2 * args.batch as u32;
-    let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(shards);
     let per_shard = |n: usize| n.div_ceil(shards).max(1);
+    let mut shard_plans = Vec::with_capacity(shards);
     for (index, listener) in listeners.into_iter().enumerate() {
         let cfg = ShardConfig {
             index,
@@ -342,23 +400,32 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
             ring_entries: 256,
             batch: args.batch,
             coalesce: args.coalesce,
+            max_half_open: 16,
         };
-        shard::spawn(cfg, registry.clone(), listener, ready_tx.clone())
-            .context("cannot start a shard thread")?;
-    }
-    drop(ready_tx);
-    for _ in 0..shards {
-        match ready_rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => bail!("{e}"),
-            Err(_) => bail!("a shard did not start within 30 s"),
-        }
+        shard_plans.push((cfg, listener));
     }
 
-    let peers: Vec<SocketAddr> = if bound.ip().is_unspecified() {
-        Vec::new()
-    } else {
-        vec![bound]
+    // What peers are told: the listening address, or --announce-ip/--announce-port.
+    let public_port = args.announce_port.unwrap_or(bound.port());
+    let public = match (args.announce_ip, bound.ip().is_unspecified()) {
+        (Some(ip), _) => Some(SocketAddr::new(ip, public_port)),
+        (None, false) => Some(SocketAddr::new(bound.ip(), public_port)),
+        (None, true) => None,
+    };
+    let mut own = vec![bound];
+    own.extend(public);
+    let magnet_peers: Vec<SocketAddr> = public.into_iter().collect();
+    // Each torrent's trackers: its own tiers, then each --tracker not already in them as a
+    // tier of its own (BEP 12).
+    let tiers_of = |meta: &Metainfo| -> Vec<Vec<String>> {
+        let mut tiers = meta.trackers.clone();
+        for url in &args.trackers {
+            if !tiers.iter().flatten().any(|u| u == url) {
+                tiers.push(vec![url.clone()]);
+            }
+        }
+        tiers.retain(|t| !t.is_empty());
+        tiers
     };
     {
         let mut out = std::io::stdout().lock();
@@ -366,43 +433,113 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
             out,
             "listening: {bound} ({shards} shard(s), {buffers} buffers and {files_per_shard} open files each, {max_peers} peers max)"
         );
-        for t in registry.torrents() {
+        for t in registry.torrents().iter() {
             let meta = &loaded[t.index].meta;
+            let mut m = meta.clone();
+            m.trackers = tiers_of(meta);
             let _ = writeln!(out, "info_hash: {} {}", hex(&t.info_hash), t.name);
-            let _ = writeln!(out, "magnet: {}", meta.magnet(&peers));
+            let _ = writeln!(out, "magnet: {}", m.magnet(&magnet_peers));
         }
         let _ = out.flush();
     }
-    // The parsed torrents (raw info bytes, piece hashes again) are not needed while serving: the
-    // registry holds what the shards use.
-    drop(loaded);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the control-plane runtime")?;
-    let tty = std::io::stderr().is_terminal();
-    let period = if tty {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(args.status_interval.max(1))
-    };
-    rt.block_on(control_loop(registry.clone(), period, tty))?;
+    let stop_timeout = Duration::from_secs(args.stop_timeout);
+    let ended = rt.block_on(async {
+        let announcer = if args.no_announce {
+            None
+        } else {
+            let cfg = AnnouncerConfig {
+                peer_id,
+                port: public_port,
+                ip: args.announce_ip,
+                rate: args.announce_rate,
+                stop_timeout,
+                ..AnnouncerConfig::new(peer_id, public_port)
+            };
+            let a = Announcer::new(cfg).context("cannot start the tracker client")?;
+            let mut any = false;
+            for t in registry.torrents().iter() {
+                let tiers = tiers_of(&loaded[t.index].meta);
+                if tiers.is_empty() {
+                    continue;
+                }
+                any = true;
+                let torrent = t.clone();
+                a.add(AnnounceTorrent {
+                    info_hash: t.info_hash,
+                    name: t.name.clone(),
+                    tiers,
+                    private: t.private,
+                    progress: Box::new(move || Progress {
+                        uploaded: torrent.stats.uploaded.load(Ordering::Relaxed),
+                        downloaded: 0,
+                        // Seeding: what we lack is what failed (0 for a healthy seed).
+                        left: u64::from(torrent.unavailable())
+                            .saturating_mul(u64::from(torrent.layout.piece_length()))
+                            .min(torrent.layout.total_length()),
+                    }),
+                });
+            }
+            any.then_some(a)
+        };
+        // The parsed torrents (raw info bytes, piece hashes again) are not needed while
+        // serving: the registry holds what the shards use.
+        drop(loaded);
+        crate::control::run::run(ServerPlan {
+            registry: registry.clone(),
+            shards: shard_plans,
+            bound,
+            announcer,
+            dialer: DialerConfig {
+                max_per_torrent: args.max_dials,
+                ..DialerConfig::default()
+            },
+            own,
+            intensity: Intensity {
+                max_restarts: args.max_restarts,
+                window: Duration::from_secs(args.restart_window),
+            },
+            grace: stop_timeout,
+            status_interval: Duration::from_secs(args.status_interval.max(1)),
+        })
+        .await
+    })?;
+    if let Some(dir) = &state_dir {
+        for t in registry.torrents().iter() {
+            save_resume(t.info_hash, &t.layout, &t.root, &t.resume_bitfield(), dir);
+        }
+    }
     let sum = |f: fn(&crate::server::registry::TorrentStats) -> u64| -> u64 {
         registry.torrents().iter().map(|t| f(&t.stats)).sum()
     };
     let total = sum(|s| s.uploaded.load(Ordering::Relaxed));
     let peers = sum(|s| s.peers_total.load(Ordering::Relaxed));
     let dropped = sum(|s| s.peers_dropped.load(Ordering::Relaxed));
-    if tty {
-        eprintln!();
-    }
     eprintln!("{}", registry.server.summary());
-    eprintln!(
-        "stopped: {} served to {peers} peers; {dropped} dropped for misbehaving",
-        human_bytes(total)
-    );
-    Ok(ExitCode::SUCCESS)
+    match ended {
+        Ended::GaveUp(msg) => {
+            eprintln!(
+                "stopped: {} served to {peers} peers; gave up: {msg}",
+                human_bytes(total)
+            );
+            Ok(ExitCode::from(1))
+        }
+        Ended::Stopped {
+            stopped_sent,
+            stopped_acked,
+        } => {
+            eprintln!(
+                "stopped: {} served to {peers} peers; {dropped} dropped for misbehaving; \
+                 `stopped` announced to {stopped_acked} of {stopped_sent} tracker(s)",
+                human_bytes(total)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 #[cfg(test)]

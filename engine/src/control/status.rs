@@ -1,65 +1,94 @@
-//! The status line: sampled from the registry's counters every period (live on a terminal,
-//! a line every few seconds otherwise) until SIGINT or SIGTERM.
+//! The status line: sampled from the registry's counters, the announcer and the dialer every
+//! period (live on a terminal, a line every few seconds otherwise). The loop that prints it is
+//! the control plane's (`control::run`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use anyhow::Context;
-
+use crate::control::announce::{Announcer, TrackerState};
 use crate::server::registry::Registry;
 
-/// Status lines until SIGINT or SIGTERM.
-pub async fn control_loop(
-    registry: Arc<Registry>,
-    period: Duration,
-    tty: bool,
-) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut iv = tokio::time::interval(period);
-    iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    iv.tick().await;
-    let mut last: Vec<u64> = vec![0; registry.torrents().len()];
-    let mut last_at = Instant::now();
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = iv.tick() => {
-                let dt = last_at.elapsed().as_secs_f64().max(1e-3);
-                last_at = Instant::now();
-                let mut line = String::new();
-                for (t, prev) in registry.torrents().iter().zip(last.iter_mut()) {
-                    let up = t.stats.uploaded.load(Ordering::Relaxed);
-                    let rate = (up - *prev) as f64 / dt;
-                    *prev = up;
-                    if !line.is_empty() {
-                        line.push_str(" | ");
+/// Rates need the previous sample: one per torrent.
+pub struct StatusSampler {
+    last: Vec<u64>,
+    last_at: Instant,
+}
+
+impl Default for StatusSampler {
+    fn default() -> Self {
+        StatusSampler {
+            last: Vec::new(),
+            last_at: Instant::now(),
+        }
+    }
+}
+
+impl StatusSampler {
+    /// One line for every torrent: peers (by source), upload rate and total, its error if any,
+    /// and each tracker's state; then the shards' restarts when there were any.
+    pub fn line(
+        &mut self,
+        registry: &Arc<Registry>,
+        announcer: Option<&Announcer>,
+        restarts: &[u32],
+    ) -> String {
+        let dt = self.last_at.elapsed().as_secs_f64().max(1e-3);
+        self.last_at = Instant::now();
+        let torrents = registry.torrents();
+        self.last.resize(torrents.len(), 0);
+        let mut line = String::new();
+        for (t, prev) in torrents.iter().zip(self.last.iter_mut()) {
+            let up = t.stats.uploaded.load(Ordering::Relaxed);
+            let rate = up.saturating_sub(*prev) as f64 / dt;
+            *prev = up;
+            if !line.is_empty() {
+                line.push_str(" | ");
+            }
+            let peers = t.stats.peers.load(Ordering::Relaxed);
+            let dialed = t.stats.peers_dialed.load(Ordering::Relaxed).min(peers);
+            line.push_str(&format!(
+                "{}: {} peers ({} in, {} dialed), {}/s, {} served",
+                t.name,
+                peers,
+                peers - dialed,
+                dialed,
+                human_bytes(rate as u64),
+                human_bytes(up)
+            ));
+            if let Some(err) = t.error() {
+                line.push_str(&format!(
+                    ", ERROR {err} ({} of {} pieces unavailable)",
+                    t.unavailable(),
+                    t.layout.num_pieces()
+                ));
+            }
+            if let Some(a) = announcer {
+                for tr in a.status(&t.info_hash) {
+                    line.push_str(&format!("; {} ", tr.url));
+                    match &tr.state {
+                        TrackerState::NotYet => line.push_str("not yet"),
+                        TrackerState::Updating => line.push_str("announcing"),
+                        TrackerState::Ok {
+                            seeders, leechers, ..
+                        } => {
+                            line.push_str("ok");
+                            if let (Some(s), Some(l)) = (seeders, leechers) {
+                                line.push_str(&format!(" ({s} seeders, {l} leechers)"));
+                            }
+                        }
+                        TrackerState::Failed { error, .. } => {
+                            line.push_str(&format!("error: {error}"));
+                        }
                     }
-                    line.push_str(&format!(
-                        "{}: {} peers, {}/s, {} served",
-                        t.name,
-                        t.stats.peers.load(Ordering::Relaxed),
-                        human_bytes(rate as u64),
-                        human_bytes(up)
-                    ));
-                    if let Some(err) = t.error() {
-                        line.push_str(&format!(
-                            ", ERROR {err} ({} of {} pieces unavailable)",
-                            t.unavailable(),
-                            t.layout.num_pieces()
-                        ));
-                    }
-                }
-                if tty {
-                    eprint!("\r\x1b[2K{line}");
-                } else {
-                    eprintln!("status: {line}");
                 }
             }
         }
+        let total: u32 = restarts.iter().sum();
+        if total > 0 {
+            line.push_str(&format!(" | shard restarts {restarts:?}"));
+        }
+        line
     }
 }
 

@@ -24,13 +24,14 @@ use std::time::Instant;
 
 use tokio_uring::buf::{BoundedBuf, Slice};
 use tokio_uring::net::TcpStream;
-use uring_bt_proto::session::{CloseReason, Phase, TorrentView};
+use uring_bt_proto::peer::DisconnectReason;
+use uring_bt_proto::session::{CloseReason, Phase, Session, TorrentView};
 use uring_bt_proto::wire::{self, BlockRef};
 use uring_bt_storage::pool::PoolBuf;
 
 use crate::server::registry::Torrent;
 use crate::server::serve::{read_batch, Ready};
-use crate::server::state::{PeerSlot, Shard};
+use crate::server::state::{PeerSlot, Shard, ShardEvent};
 
 /// Receive buffer: start size, and the size it shrinks back to after a large message.
 const RECV_INITIAL: usize = 16 * 1024;
@@ -39,16 +40,118 @@ const RECV_MIN_ROOM: usize = 4 * 1024;
 
 /// Serves one inbound connection until it closes.
 pub async fn run(shard: Rc<Shard>, stream: TcpStream, addr: SocketAddr) {
+    let session = Session::new(shard.cfg.session.clone(), Some(addr.ip()), Instant::now());
+    serve(shard, stream, addr, session, None).await;
+}
+
+/// Bounds the connect of a dial (the kernel's own SYN retries take minutes). Dropping a
+/// pending connect is safe: nothing else uses that socket, and tokio-uring closes it when the
+/// kernel completes the operation.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Dials `addr` for torrent `t` (a peer from a tracker or PEX) and serves the connection as
+/// any other. At most [`ShardConfig::max_half_open`] dials of this shard are connecting or
+/// handshaking at once; the others wait here for a slot.
+pub async fn dial(shard: Rc<Shard>, t: usize, addr: SocketAddr) {
+    shard.sync_torrents();
+    let Some(torrent) = shard.torrent(t) else {
+        return;
+    };
+    while shard.half_open.get() >= shard.cfg.max_half_open.max(1) {
+        shard.half_open_wake.notified().await;
+        if shard.stopping.get() {
+            return;
+        }
+    }
+    let full = shard.peers.borrow().len() >= shard.cfg.max_peers
+        || shard
+            .torrents
+            .borrow()
+            .get(t)
+            .is_none_or(|st| st.peers >= shard.cfg.max_peers_per_torrent);
+    if full || shard.stopping.get() {
+        shard.event(ShardEvent::DialDone {
+            shard: shard.cfg.index,
+            torrent: t,
+            addr,
+            connected: false,
+            seed: false,
+        });
+        return;
+    }
+    shard.half_open.set(shard.half_open.get() + 1);
+    shard
+        .registry
+        .server
+        .dials
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(shard = shard.cfg.index, %addr, "dial failed: {e}");
+            release_half_open(&shard);
+            shard.event(ShardEvent::DialDone {
+                shard: shard.cfg.index,
+                torrent: t,
+                addr,
+                connected: false,
+                seed: false,
+            });
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(shard = shard.cfg.index, %addr, "dial timed out");
+            release_half_open(&shard);
+            shard.event(ShardEvent::DialDone {
+                shard: shard.cfg.index,
+                torrent: t,
+                addr,
+                connected: false,
+                seed: false,
+            });
+            return;
+        }
+    };
+    let session = Session::new_outbound(
+        shard.cfg.session.clone(),
+        Some(addr.ip()),
+        Instant::now(),
+        torrent.info_hash,
+    );
+    serve(shard, stream, addr, session, Some(t)).await;
+}
+
+fn release_half_open(shard: &Shard) {
+    shard.half_open.set(shard.half_open.get().saturating_sub(1));
+    shard.half_open_wake.notify_one();
+}
+
+/// Runs a connection, inbound or dialed (`dialed`: the torrent we dialed it for), until it
+/// closes; then undoes what it counted.
+async fn serve(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    session: Session,
+    dialed: Option<usize>,
+) {
     let _ = stream.set_nodelay(true);
     let stream = Rc::new(stream);
-    let key = shard.peers.borrow_mut().insert(PeerSlot::new(
-        addr,
-        stream.clone(),
-        shard.cfg.session.clone(),
-        Instant::now(),
-    ));
+    let key = shard
+        .peers
+        .borrow_mut()
+        .insert(PeerSlot::new(addr, stream.clone(), session));
+    if let Some(slot) = shard.peers.borrow_mut().get_mut(key) {
+        slot.half_open = dialed.is_some();
+        // Our handshake is queued already: the writer task starts at once for a dial.
+        slot.wake.notify_one();
+    }
     let mut writer_done = None;
-    let outcome = reader(&shard, key, &stream, &mut writer_done).await;
+    if let Some(t) = dialed {
+        // A dialed connection speaks first: its writer runs before the peer's handshake.
+        writer_done = Some(start_writer(&shard, key, t, &stream));
+    }
+    let outcome = reader(&shard, key, &stream, &mut writer_done, dialed).await;
     // Stop the writer and wait for it to finish its operation in flight before the slot (and
     // with it the socket) goes away.
     if let Some(slot) = shard.peers.borrow_mut().get_mut(key) {
@@ -58,6 +161,9 @@ pub async fn run(shard: Rc<Shard>, stream: TcpStream, addr: SocketAddr) {
         let _ = done.await;
     }
     let slot = shard.peers.borrow_mut().remove(key);
+    if slot.half_open {
+        release_half_open(&shard);
+    }
     // The shard's reason (a timeout, a stalled write) explains the reader's EOF.
     let why = match (slot.close_reason, outcome) {
         (Some(r), _) => Closed::Protocol(r),
@@ -65,18 +171,107 @@ pub async fn run(shard: Rc<Shard>, stream: TcpStream, addr: SocketAddr) {
         (None, Ok(())) => Closed::Io("closed".into()),
     };
     tracing::debug!(shard = shard.cfg.index, %addr, "peer closed: {why}");
+    let both_seeds = matches!(
+        &why,
+        Closed::Protocol(CloseReason::Peer(DisconnectReason::BothSeeds))
+    );
+    if let Some(t) = dialed {
+        if slot.torrent.is_none() {
+            // The dial never completed its handshake.
+            shard.event(ShardEvent::DialDone {
+                shard: shard.cfg.index,
+                torrent: t,
+                addr,
+                connected: false,
+                seed: both_seeds,
+            });
+        } else {
+            shard.event(ShardEvent::Closed {
+                shard: shard.cfg.index,
+                torrent: t,
+                addr,
+                seed: both_seeds,
+            });
+        }
+    }
     if let Some(t) = slot.torrent {
-        shard.torrent_peers.borrow_mut()[t] -= 1;
-        let torrent = &shard.registry.torrents()[t];
+        let torrent = {
+            let mut ts = shard.torrents.borrow_mut();
+            let Some(st) = ts.get_mut(t) else {
+                return;
+            };
+            st.peers = st.peers.saturating_sub(1);
+            if dialed.is_some() {
+                st.dialed = st.dialed.saturating_sub(1);
+            }
+            st.torrent.clone()
+        };
+        if let Some(listen) = slot.listen_addr {
+            if let Ok(mut sw) = torrent.swarm.lock() {
+                sw.remove(&listen);
+            }
+        }
         torrent
             .stats
             .peers
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        if dialed.is_some() {
+            torrent
+                .stats
+                .peers_dialed
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
         if matches!(&why, Closed::Protocol(r) if r.is_misbehaviour()) {
             torrent
                 .stats
                 .peers_dropped
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Starts the writer task of connection `key` (attached to torrent `t`); the receiver fires
+/// when it has ended.
+fn start_writer(
+    shard: &Rc<Shard>,
+    key: usize,
+    t: usize,
+    stream: &Rc<TcpStream>,
+) -> tokio::sync::oneshot::Receiver<()> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    crate::server::shard::spawn_task(
+        shard,
+        writer(shard.clone(), key, t, stream.clone(), done_tx),
+    );
+    done_rx
+}
+
+/// Every session's timers, once per tick (see `server::shard`), and the swarm's listening
+/// addresses learnt from extension handshakes (for PEX).
+pub fn tick_sessions(shard: &Shard, now: Instant) {
+    let mut peers = shard.peers.borrow_mut();
+    for (_, slot) in peers.iter_mut() {
+        if slot.closing {
+            continue;
+        }
+        match slot.session.on_tick(now) {
+            Ok(true) => slot.wake.notify_one(),
+            Ok(false) => {}
+            Err(reason) => {
+                slot.close_for(reason);
+                continue;
+            }
+        }
+        if slot.listen_addr.is_none() {
+            if let (Some(t), Some(port)) = (slot.torrent, slot.session.peer_listen_port()) {
+                let listen = SocketAddr::new(slot.addr.ip(), port);
+                if let Some(torrent) = shard.torrent(t) {
+                    if let Ok(mut sw) = torrent.swarm.lock() {
+                        sw.insert(listen, 0);
+                    }
+                }
+                slot.listen_addr = Some(listen);
+            }
         }
     }
 }
@@ -108,6 +303,7 @@ async fn reader(
     key: usize,
     stream: &Rc<TcpStream>,
     writer_done: &mut Option<tokio::sync::oneshot::Receiver<()>>,
+    dialed: Option<usize>,
 ) -> Result<(), Closed> {
     let mut buf: Vec<u8> = Vec::with_capacity(RECV_INITIAL);
     let (read_wake, max_len) = {
@@ -131,15 +327,17 @@ async fn reader(
         };
         buf.drain(..r.consumed);
         if phase == Phase::AwaitTorrent {
-            let t = attach(shard, key)?;
+            let t = attach(shard, key, dialed)?;
             max_len = shard
                 .peers
                 .borrow()
                 .get(key)
                 .map_or(max_len, |s| s.session.max_message_len());
-            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-            *writer_done = Some(done_rx);
-            tokio_uring::spawn(writer(shard.clone(), key, t, stream.clone(), done_tx));
+            if writer_done.is_none() {
+                *writer_done = Some(start_writer(shard, key, t, stream));
+            } else if let Some(slot) = shard.peers.borrow().get(key) {
+                slot.wake.notify_one();
+            }
             continue;
         }
         if r.interest_changed {
@@ -183,28 +381,42 @@ async fn reader(
 
 /// The peer's handshake named a torrent: look it up, count the connection toward its limit and
 /// queue our opening. Returns the torrent's registry index.
-fn attach(shard: &Shard, key: usize) -> Result<usize, Closed> {
+fn attach(shard: &Shard, key: usize, dialed: Option<usize>) -> Result<usize, Closed> {
     let mut peers = shard.peers.borrow_mut();
     let slot = peers.get_mut(key).ok_or(Closed::Io("slot gone".into()))?;
-    let info_hash = slot
+    let hs = *slot
         .session
         .handshake()
-        .map(|h| h.info_hash)
         .ok_or(Closed::Io("no handshake".into()))?;
+    if shard.test_panic && hs.peer_id.starts_with(b"-XPANIC") {
+        if hs.peer_id[7].wrapping_sub(b'0') as usize == shard.cfg.index {
+            panic!("shard {}: injected panic (test switch)", shard.cfg.index);
+        }
+        return Err(Closed::Io("test panic peer for another shard".into()));
+    }
     let torrent = shard
         .registry
-        .get(&info_hash)
-        .cloned()
+        .get(&hs.info_hash)
         .ok_or(CloseReason::UnknownTorrent)?;
     let t = torrent.index;
+    if dialed.is_some_and(|d| d != t) {
+        return Err(CloseReason::WrongInfoHash.into());
+    }
+    if t >= shard.torrents.borrow().len() {
+        shard.sync_torrents();
+    }
     {
-        let mut counts = shard.torrent_peers.borrow_mut();
-        if counts[t] >= shard.cfg.max_peers_per_torrent {
+        let mut ts = shard.torrents.borrow_mut();
+        let st = ts.get_mut(t).ok_or(CloseReason::UnknownTorrent)?;
+        if st.peers >= shard.cfg.max_peers_per_torrent {
             return Err(CloseReason::TorrentFull.into());
         }
-        counts[t] += 1;
+        st.peers += 1;
+        if dialed.is_some() {
+            st.dialed += 1;
+        }
     }
-    // From here on the slot counts toward the torrent (undone in `run`).
+    // From here on the slot counts toward the torrent (undone in `serve`).
     slot.torrent = Some(t);
     torrent
         .stats
@@ -214,6 +426,33 @@ fn attach(shard: &Shard, key: usize) -> Result<usize, Closed> {
         .stats
         .peers_total
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if dialed.is_some() {
+        torrent
+            .stats
+            .peers_dialed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shard
+            .registry
+            .server
+            .dials_connected
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // A dialed peer listens where we reached it.
+        slot.listen_addr = Some(slot.addr);
+        if let Ok(mut sw) = torrent.swarm.lock() {
+            sw.insert(slot.addr, uring_bt_proto::ext::pex_flags::OUTGOING);
+        }
+        shard.event(ShardEvent::DialDone {
+            shard: shard.cfg.index,
+            torrent: t,
+            addr: slot.addr,
+            connected: true,
+            seed: false,
+        });
+    }
+    if slot.half_open {
+        slot.half_open = false;
+        release_half_open(shard);
+    }
     let layout = &torrent.layout;
     let n = layout.num_pieces();
     let view = TorrentView {
@@ -222,6 +461,8 @@ fn attach(shard: &Shard, key: usize) -> Result<usize, Closed> {
         piece_length: layout.piece_length(),
         last_piece_length: layout.piece_size(n - 1),
         seed: torrent.is_seed(),
+        private: torrent.private,
+        metadata: torrent.metadata.clone(),
     };
     // A torrent with pieces that failed (their check or their read) is offered without them.
     let have = if view.seed {
@@ -258,7 +499,10 @@ async fn writer(
     stream: Rc<TcpStream>,
     done: tokio::sync::oneshot::Sender<()>,
 ) {
-    let torrent = shard.registry.torrents()[t].clone();
+    let Some(torrent) = shard.torrent(t) else {
+        let _ = done.send(());
+        return;
+    };
     let batch = shard.cfg.batch.max(1);
     let mut ctrl: Vec<u8> = Vec::with_capacity(256);
     let mut reqs: Vec<BlockRef> = Vec::with_capacity(batch);

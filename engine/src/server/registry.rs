@@ -1,7 +1,7 @@
 //! The torrent registry: what every shard shares, read-mostly.
 //!
-//! Built once at start-up by the control plane and handed to every shard as `Arc<Registry>`.
-//! Nothing on the serving path takes a lock: lookups are immutable, piece state is a set of atomic
+//! Filled by the control plane (at start-up, and while serving) and handed to every shard as
+//! `Arc<Registry>`. Nothing on the serving path takes a lock: lookups are immutable, piece state is a set of atomic
 //! bitfields, per-file stamps are atomics, and statistics are relaxed atomic counters that the
 //! control plane samples (a torrent's error text has a mutex, taken only when a piece fails).
 //!
@@ -125,6 +125,8 @@ pub struct TorrentStats {
     pub peers: AtomicUsize,
     /// Peers ever accepted.
     pub peers_total: AtomicU64,
+    /// Connected peers we dialed (the rest of `peers` connected to us).
+    pub peers_dialed: AtomicUsize,
     /// Pieces found bad while serving (lazy verification).
     pub pieces_failed: AtomicU64,
     /// Peers we disconnected for misbehaving (bad requests, protocol violations; not "both
@@ -155,6 +157,15 @@ pub struct Torrent {
     /// Compared after every read, so a file changed under the seeder is never served as
     /// checked: see [`Torrent::unchanged`].
     stamps: Box<[(AtomicU64, AtomicU64)]>,
+    /// The raw info dictionary, served to peers by BEP 9 metadata exchange (`None`: not
+    /// served, as for a private torrent).
+    pub metadata: Option<Arc<[u8]>>,
+    /// BEP 27: peers only from the torrent's trackers (no PEX, no metadata to peers).
+    pub private: bool,
+    /// The listening addresses of the peers connected now (for PEX), with their BEP 11 flags.
+    /// Changed when a peer connects or closes (never per block); bounded by the peers allowed
+    /// per torrent.
+    pub swarm: Mutex<HashMap<std::net::SocketAddr, u8>>,
 }
 
 /// A file's size and mtime in nanoseconds, following links (the server opens beneath the save
@@ -196,6 +207,17 @@ impl Torrent {
                 .map(|_| (AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)))
                 .collect(),
             layout,
+            metadata: None,
+            private: false,
+            swarm: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The connected peers' listening addresses (for PEX), at most `cap` of them.
+    pub fn swarm_snapshot(&self, cap: usize, out: &mut Vec<(std::net::SocketAddr, u8)>) {
+        out.clear();
+        if let Ok(g) = self.swarm.lock() {
+            out.extend(g.iter().take(cap).map(|(a, f)| (*a, *f)));
         }
     }
 
@@ -313,6 +335,20 @@ impl Torrent {
         n
     }
 
+    /// What resume data may record as good at a stop: pieces verified, not failed, and whose
+    /// files still have the size and mtime they were verified against (BEP 3 bitfield).
+    pub fn resume_bitfield(&self) -> Vec<u8> {
+        let n = self.layout.num_pieces();
+        let mut out = vec![0u8; (n as usize).div_ceil(8)];
+        let mut seen = Vec::new();
+        for p in 0..n {
+            if self.verified.get(p) && !self.failed.get(p) && self.unchanged(p, &mut seen) {
+                out[(p / 8) as usize] |= 0x80 >> (p % 8);
+            }
+        }
+        out
+    }
+
     /// Pieces that can no longer be served (failed their check or their read).
     pub fn unavailable(&self) -> u32 {
         self.failed.count()
@@ -357,6 +393,11 @@ pub struct ServerStats {
     /// Data files opened into, and evicted from, the shards' registered-file tables.
     pub file_opens: AtomicU64,
     pub file_evictions: AtomicU64,
+    /// Shard events the control plane's channel had no room for.
+    pub events_dropped: AtomicU64,
+    /// Outgoing connections: attempted, and those whose handshake completed.
+    pub dials: AtomicU64,
+    pub dials_connected: AtomicU64,
 }
 
 impl ServerStats {
@@ -364,11 +405,13 @@ impl ServerStats {
     pub fn summary(&self) -> String {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
-            "server: {} connections accepted, {} refused (full), {} accept errors; data files \
-             opened {} times, evicted {} times",
+            "server: {} connections accepted, {} refused (full), {} accept errors; {} dials, {} \
+             connected; data files opened {} times, evicted {} times",
             l(&self.accepted),
             l(&self.refused_full),
             l(&self.accept_errors),
+            l(&self.dials),
+            l(&self.dials_connected),
             l(&self.file_opens),
             l(&self.file_evictions)
         )
@@ -376,12 +419,35 @@ impl ServerStats {
 }
 
 /// Every torrent of this process, looked up by info hash.
+///
+/// Not frozen at start-up: torrents are added while the server runs (an API, a watch
+/// directory), and a shard restarted by the supervisor starts from what is here now. Readers
+/// take a snapshot ([`Registry::torrents`]: one `Arc` clone under a read lock), never a lock on
+/// the per-block path: shards keep their own copy of the entries they serve and look here only
+/// when a handshake names a torrent they have not seen. Indices are stable: a torrent keeps
+/// its index for the life of the process.
 #[derive(Debug, Default)]
 pub struct Registry {
-    torrents: Vec<Arc<Torrent>>,
-    by_hash: HashMap<[u8; 20], usize>,
+    snap: std::sync::RwLock<Arc<Snapshot>>,
     /// Counters of the server as a whole.
     pub server: ServerStats,
+}
+
+#[derive(Debug, Default)]
+struct Snapshot {
+    torrents: Vec<Arc<Torrent>>,
+    by_hash: HashMap<[u8; 20], usize>,
+}
+
+/// A snapshot of the registry's torrents, indexed by [`Torrent::index`].
+#[derive(Debug, Clone)]
+pub struct Torrents(Arc<Snapshot>);
+
+impl std::ops::Deref for Torrents {
+    type Target = [Arc<Torrent>];
+    fn deref(&self) -> &[Arc<Torrent>] {
+        &self.0.torrents
+    }
 }
 
 impl Registry {
@@ -389,28 +455,60 @@ impl Registry {
         Self::default()
     }
 
-    /// Adds a torrent; its `index` must equal the current count. Refuses a duplicate info hash.
-    pub fn add(&mut self, t: Torrent) -> Result<Arc<Torrent>, String> {
-        if self.by_hash.contains_key(&t.info_hash) {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        // A poisoned lock only means a writer panicked between two consistent snapshots.
+        match self.snap.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// The index the next added torrent gets.
+    pub fn next_index(&self) -> usize {
+        self.snapshot().torrents.len()
+    }
+
+    /// Adds a torrent, at start-up or while serving; its `index` must be
+    /// [`Registry::next_index`]. Refuses a duplicate info hash.
+    pub fn add(&self, t: Torrent) -> Result<Arc<Torrent>, String> {
+        let mut g = match self.snap.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if g.by_hash.contains_key(&t.info_hash) {
             return Err(format!(
                 "torrent {} ({}) is listed twice",
                 t.name,
                 hex(&t.info_hash)
             ));
         }
-        debug_assert_eq!(t.index, self.torrents.len());
+        if t.index != g.torrents.len() {
+            return Err(format!(
+                "torrent {} has index {}, expected {}",
+                t.name,
+                t.index,
+                g.torrents.len()
+            ));
+        }
         let t = Arc::new(t);
-        self.by_hash.insert(t.info_hash, self.torrents.len());
-        self.torrents.push(t.clone());
+        let mut next = Snapshot {
+            torrents: g.torrents.clone(),
+            by_hash: g.by_hash.clone(),
+        };
+        next.by_hash.insert(t.info_hash, next.torrents.len());
+        next.torrents.push(t.clone());
+        *g = Arc::new(next);
         Ok(t)
     }
 
-    pub fn get(&self, info_hash: &[u8; 20]) -> Option<&Arc<Torrent>> {
-        self.by_hash.get(info_hash).map(|&i| &self.torrents[i])
+    pub fn get(&self, info_hash: &[u8; 20]) -> Option<Arc<Torrent>> {
+        let s = self.snapshot();
+        s.by_hash.get(info_hash).map(|&i| s.torrents[i].clone())
     }
 
-    pub fn torrents(&self) -> &[Arc<Torrent>] {
-        &self.torrents
+    /// The torrents now (a snapshot: later additions are not in it).
+    pub fn torrents(&self) -> Torrents {
+        Torrents(self.snapshot())
     }
 }
 

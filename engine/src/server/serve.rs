@@ -45,7 +45,9 @@ async fn ensure_verified(shard: &Shard, torrent: &Torrent, p: u32) -> bool {
     if torrent.failed.get(p) {
         return false;
     }
-    let tid = shard.tids[torrent.index];
+    let Some(tid) = shard.tid(torrent.index) else {
+        return false;
+    };
     match shard.store.hash_piece(tid, p).await {
         Ok(h) if Some(&h) == torrent.piece_hashes.get(p as usize) => {
             torrent.verified.set(p);
@@ -127,11 +129,17 @@ pub async fn read_batch(
     ahead: bool,
     wake: &Notify,
 ) -> Ready {
-    let tid = shard.tids[torrent.index];
     let mut ready = Ready {
         frames: Vec::with_capacity(reqs.len()),
         served: Vec::with_capacity(reqs.len()),
         payload: 0,
+    };
+    // A connection is attached only to a torrent its shard has synced: never missing.
+    let Some(tid) = shard.tid(torrent.index) else {
+        for r in reqs.drain(..) {
+            refuse(shard, key, torrent, r);
+        }
+        return ready;
     };
     // Refuse what we may not send; verify lazily what was not checked up front.
     let mut i = 0;

@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slab::Slab;
-use uring_bt_proto::choker::{Choker, ChokerPeer};
+use uring_bt_proto::choker::ChokerPeer;
 use uring_bt_storage::pool::BufPool;
 use uring_bt_storage::uring::{UringConfig, UringStore};
 
 use crate::server::registry::Registry;
-use crate::server::state::{Shard, ShardConfig, TICK};
+use crate::server::state::{Shard, ShardCmd, ShardConfig, ShardEvent, TICK};
 
 /// Binds `n` listeners on `addr` with SO_REUSEPORT (the kernel spreads inbound connections over
 /// them). With port 0 the first socket picks the port and the others join it. Returns them with
@@ -49,13 +49,56 @@ pub fn bind_listeners(addr: SocketAddr, n: usize) -> io::Result<(Vec<TcpListener
     Ok((out, bound))
 }
 
+/// How a shard thread ended (for the supervisor).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardExit {
+    /// Stopped on request ([`ShardCmd::Stop`]).
+    Stopped,
+    /// Could not start, or its runtime failed.
+    Failed(String),
+    /// A task of the shard panicked: the shard was torn down (its connections closed, its
+    /// ring drained) and must be restarted.
+    Panicked(String),
+}
+
+impl std::fmt::Display for ShardExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardExit::Stopped => f.write_str("stopped"),
+            ShardExit::Failed(e) => f.write_str(e),
+            ShardExit::Panicked(e) => write!(f, "panicked: {e}"),
+        }
+    }
+}
+
+/// Test-only fault injection: with this environment variable set to `1`, a peer whose
+/// handshake's peer id starts with `-XPANIC` and a digit `d` makes shard `d` panic if it lands
+/// there (it is closed otherwise). Read once per shard start; never set in production.
+pub const TEST_PANIC_ENV: &str = "URING_BT_TEST_PANIC";
+
+/// The text of a panic payload.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
 /// Starts a shard on a thread of its own. `ready` receives `Ok` once the shard serves, or the
-/// reason it could not start.
+/// reason it could not start; `on_exit` is called once, on the shard's thread, when it ends,
+/// however it ends (a panic is caught there: the release profile unwinds, see
+/// docs/architecture.md, "Panics").
 pub fn spawn(
     cfg: ShardConfig,
     registry: Arc<Registry>,
     listener: TcpListener,
+    cmds: tokio::sync::mpsc::Receiver<ShardCmd>,
+    events: Option<tokio::sync::mpsc::Sender<ShardEvent>>,
     ready: std::sync::mpsc::SyncSender<Result<(), String>>,
+    on_exit: Box<dyn FnOnce(ShardExit) + Send>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name(format!("shard-{}", cfg.index))
@@ -64,27 +107,77 @@ pub fn spawn(
                 crate::server::affinity::pin_shard_thread(cfg.index, cpu);
             }
             let entries = cfg.ring_entries.max(64);
-            let res = tokio_uring::builder().entries(entries).start(run(
-                cfg,
-                registry,
-                listener,
-                ready.clone(),
-            ));
-            if let Err(e) = res {
-                let _ = ready.try_send(Err(e));
+            let index = cfg.index;
+            let ready2 = ready.clone();
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+                tokio_uring::builder()
+                    .entries(entries)
+                    .start(run(cfg, registry, listener, cmds, events, ready2))
+            }));
+            let exit = match res {
+                Ok(Ok(())) => ShardExit::Stopped,
+                Ok(Err(e)) => {
+                    let _ = ready.try_send(Err(format!("{e}")));
+                    e
+                }
+                Err(p) => ShardExit::Panicked(panic_text(p.as_ref())),
+            };
+            tracing::debug!(shard = index, "shard ended: {exit:?}");
+            on_exit(exit);
+        })
+}
+
+/// Failure of a task of the shard: the first panic's text, and a wake for the shard's main
+/// task, which then tears the shard down.
+#[derive(Default)]
+pub struct TaskFailure {
+    text: RefCell<Option<String>>,
+    wake: tokio::sync::Notify,
+}
+
+impl TaskFailure {
+    fn set(&self, text: String) {
+        let mut t = self.text.borrow_mut();
+        if t.is_none() {
+            *t = Some(text);
+        }
+        self.wake.notify_one();
+    }
+}
+
+/// Spawns a task of the shard whose panic fails the whole shard (instead of silently ending
+/// that task and leaving its connection's slot behind, as tokio's `LocalSet` would).
+pub fn spawn_task<F>(shard: &Rc<Shard>, fut: F)
+where
+    F: std::future::Future<Output = ()> + 'static,
+{
+    let failure = shard.failure.clone();
+    tokio_uring::spawn(async move {
+        let mut fut = std::pin::pin!(fut);
+        let res = std::future::poll_fn(|cx| {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| fut.as_mut().poll(cx))) {
+                Ok(p) => p.map(|()| None),
+                Err(payload) => std::task::Poll::Ready(Some(panic_text(payload.as_ref()))),
             }
         })
+        .await;
+        if let Some(text) = res {
+            failure.set(text);
+        }
+    });
 }
 
 async fn run(
     cfg: ShardConfig,
     registry: Arc<Registry>,
     listener: TcpListener,
+    mut cmds: tokio::sync::mpsc::Receiver<ShardCmd>,
+    events: Option<tokio::sync::mpsc::Sender<ShardEvent>>,
     ready: std::sync::mpsc::SyncSender<Result<(), String>>,
-) -> Result<(), String> {
+) -> Result<(), ShardExit> {
     let index = cfg.index;
     let pool = BufPool::new(cfg.buffers, uring_bt_proto::wire::BLOCK_SIZE as usize)
-        .map_err(|e| format!("shard {index}: buffer pool: {e}"))?;
+        .map_err(|e| ShardExit::Failed(format!("shard {index}: buffer pool: {e}")))?;
     let store = UringStore::new(
         UringConfig {
             ring_entries: cfg.ring_entries,
@@ -93,37 +186,93 @@ async fn run(
         },
         pool.clone(),
     )
-    .map_err(|e| format!("shard {index}: storage ring: {e}"))?;
-    let tids = registry
-        .torrents()
-        .iter()
-        .map(|t| store.add_torrent(t.layout.clone(), t.root.clone(), false))
-        .collect();
-    let n = registry.torrents().len();
+    .map_err(|e| ShardExit::Failed(format!("shard {index}: storage ring: {e}")))?;
+    let test_panic = std::env::var(TEST_PANIC_ENV).is_ok_and(|v| v == "1");
     let shard = Rc::new(Shard {
-        chokers: RefCell::new((0..n).map(|_| Choker::new(cfg.upload_slots)).collect()),
-        torrent_peers: RefCell::new(vec![0; n]),
-        fill_pending: RefCell::new(vec![false; n]),
+        torrents: RefCell::new(Vec::new()),
         fill_wake: tokio::sync::Notify::new(),
         peers: RefCell::new(Slab::with_capacity(cfg.max_peers.min(4096))),
         published: std::cell::Cell::new((0, 0)),
+        half_open: std::cell::Cell::new(0),
+        half_open_wake: tokio::sync::Notify::new(),
+        events,
+        failure: Rc::new(TaskFailure::default()),
+        stopping: std::cell::Cell::new(false),
+        test_panic,
         cfg,
         registry,
         pool,
         store,
-        tids,
     });
+    shard.sync_torrents();
     let listener = tokio_uring::net::TcpListener::from_std(listener);
-    tokio_uring::spawn(ticker(shard.clone()));
-    tokio_uring::spawn(crate::server::state::filler(shard.clone()));
+    let listen_fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
+    spawn_task(&shard, ticker(shard.clone()));
+    spawn_task(&shard, crate::server::state::filler(shard.clone()));
+    spawn_task(&shard, accept_loop(shard.clone(), listener));
     let _ = ready.try_send(Ok(()));
-    accept_loop(shard, listener).await;
-    Ok(())
+    loop {
+        tokio::select! {
+            cmd = cmds.recv() => match cmd {
+                Some(ShardCmd::Dial { torrent, addr }) => {
+                    spawn_task(&shard, crate::server::conn::dial(shard.clone(), torrent, addr));
+                }
+                Some(ShardCmd::Stop { grace }) => {
+                    stop(&shard, listen_fd, grace).await;
+                    return Ok(());
+                }
+                Some(ShardCmd::Panic) => panic!("shard {index}: injected panic (test switch)"),
+                // The control plane is gone: stop as for a Stop.
+                None => {
+                    stop(&shard, listen_fd, Duration::from_secs(1)).await;
+                    return Ok(());
+                }
+            },
+            () = shard.failure.wake.notified() => {
+                let text = shard.failure.text.borrow().clone().unwrap_or_default();
+                return Err(ShardExit::Panicked(text));
+            }
+        }
+    }
+}
+
+/// A clean stop: no more accepts; sends in flight get up to `grace` to finish; then every
+/// connection is closed and its tasks end (bounded wait) before the runtime goes away.
+async fn stop(shard: &Rc<Shard>, listen_fd: std::os::fd::RawFd, grace: Duration) {
+    shard.stopping.set(true);
+    // SAFETY: `listen_fd` is the listener's descriptor, alive until the accept task (which owns
+    // the listener) ends; shutdown(2) only makes its pending accept fail, it frees nothing.
+    unsafe {
+        libc::shutdown(listen_fd, libc::SHUT_RDWR);
+    }
+    let until = Instant::now() + grace;
+    while Instant::now() < until {
+        let busy = shard
+            .peers
+            .borrow()
+            .iter()
+            .any(|(_, s)| !s.closing && s.session.is_writing());
+        if !busy {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (_, slot) in shard.peers.borrow_mut().iter_mut() {
+        slot.close();
+    }
+    let until = Instant::now() + Duration::from_secs(2);
+    while !shard.peers.borrow().is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: tokio_uring::net::TcpListener) {
     loop {
-        match listener.accept().await {
+        let res = listener.accept().await;
+        if shard.stopping.get() {
+            return;
+        }
+        match res {
             Ok((stream, addr)) => {
                 let full = shard.peers.borrow().len() >= shard.cfg.max_peers;
                 if full {
@@ -140,7 +289,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: tokio_uring::net::TcpListener) 
                     .server
                     .accepted
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tokio_uring::spawn(crate::server::conn::run(shard.clone(), stream, addr));
+                spawn_task(
+                    &shard,
+                    crate::server::conn::run(shard.clone(), stream, addr),
+                );
             }
             Err(e) => {
                 // EMFILE/ENFILE/ENOBUFS: out of a resource; back off instead of spinning.
@@ -157,27 +309,18 @@ async fn accept_loop(shard: Rc<Shard>, listener: tokio_uring::net::TcpListener) 
 }
 
 /// Housekeeping once per [`TICK`]: every session's timers (handshake and idle timeouts,
-/// stalled writes, keep-alives), then the chokers.
+/// stalled writes, keep-alives), the PEX and swarm bookkeeping, then the chokers.
 async fn ticker(shard: Rc<Shard>) {
     let mut interval = tokio::time::interval(TICK);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut choker_input: Vec<ChokerPeer> = Vec::new();
     loop {
         interval.tick().await;
+        shard.sync_torrents();
         let now = Instant::now();
-        let mut peers = shard.peers.borrow_mut();
-        for (_, slot) in peers.iter_mut() {
-            if slot.closing {
-                continue;
-            }
-            match slot.session.on_tick(now) {
-                Ok(true) => slot.wake.notify_one(),
-                Ok(false) => {}
-                Err(reason) => slot.close_for(reason),
-            }
-        }
-        drop(peers);
-        for t in 0..shard.registry.torrents().len() {
+        crate::server::conn::tick_sessions(&shard, now);
+        let n = shard.torrents.borrow().len();
+        for t in 0..n {
             shard.rechoke(t, now, &mut choker_input, false);
         }
         shard.publish_stats();

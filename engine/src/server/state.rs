@@ -22,7 +22,7 @@ use uring_bt_storage::pool::BufPool;
 use uring_bt_storage::store::TorrentId;
 use uring_bt_storage::uring::UringStore;
 
-use crate::server::registry::Registry;
+use crate::server::registry::{Registry, Torrent};
 
 /// Everything a shard is told at start-up. Every limit is explicit.
 #[derive(Debug, Clone)]
@@ -49,6 +49,8 @@ pub struct ShardConfig {
     pub batch: usize,
     /// Most contiguous blocks read with one vectored read.
     pub coalesce: usize,
+    /// Outgoing connections this shard sets up at once (connect + handshake).
+    pub max_half_open: usize,
 }
 
 /// The shard's housekeeping period (timeouts, choker, keep-alives).
@@ -78,27 +80,33 @@ pub struct PeerSlot {
     pub closing: bool,
     /// Why the shard (not the peer) closed the connection, when it did.
     pub close_reason: Option<CloseReason>,
+    /// A dial not yet through its handshake (holds one of the shard's half-open slots).
+    pub half_open: bool,
+    /// Where the peer accepts connections (the dialed address, or its IP with the `p` of its
+    /// extension handshake), once known: its entry in the torrent's swarm (PEX).
+    pub listen_addr: Option<SocketAddr>,
 }
 
 impl PeerSlot {
-    /// A slot for a connection accepted at `now`.
+    /// A slot for a connection to `addr` with its new session.
     pub fn new(
         addr: SocketAddr,
         stream: Rc<tokio_uring::net::TcpStream>,
-        cfg: SessionConfig,
-        now: Instant,
+        session: Session,
     ) -> Self {
         PeerSlot {
             addr,
             stream,
             torrent: None,
-            session: Session::new(cfg, Some(addr.ip()), now),
+            session,
             wake: Rc::new(Notify::new()),
             read_wake: Rc::new(Notify::new()),
             uploaded: 0,
             uploaded_at_tick: 0,
             closing: false,
             close_reason: None,
+            half_open: false,
+            listen_addr: None,
         }
     }
 
@@ -130,27 +138,128 @@ impl PeerSlot {
     }
 }
 
+/// What a shard keeps of one torrent, indexed like the registry.
+pub struct ShardTorrent {
+    pub torrent: Arc<Torrent>,
+    /// This shard's storage id for it.
+    pub tid: TorrentId,
+    pub choker: Choker,
+    /// Connected peers of this torrent on this shard, and how many of them we dialed.
+    pub peers: usize,
+    pub dialed: usize,
+    /// Its choker should fill free slots (a peer's interest changed): see [`filler`].
+    pub fill_pending: bool,
+}
+
 /// A shard's state, shared by its tasks (single thread).
 pub struct Shard {
     pub cfg: ShardConfig,
     pub registry: Arc<Registry>,
     pub pool: Rc<BufPool>,
     pub store: Rc<UringStore>,
-    /// Registry index -> this shard's storage id.
-    pub tids: Vec<TorrentId>,
+    /// The torrents this shard knows, by registry index; extended from the registry
+    /// ([`Shard::sync_torrents`]) when a torrent is added while serving.
+    pub torrents: RefCell<Vec<ShardTorrent>>,
     pub peers: RefCell<Slab<PeerSlot>>,
-    /// Connected peers per torrent on this shard.
-    pub torrent_peers: RefCell<Vec<usize>>,
-    pub chokers: RefCell<Vec<Choker>>,
-    /// Torrents whose choker should fill free slots (a peer's interest changed), and the wake
-    /// of the task that does it ([`filler`]) at most every [`FILL_INTERVAL`].
-    pub fill_pending: RefCell<Vec<bool>>,
+    /// Wakes the task that runs quick choker passes ([`filler`]) at most every
+    /// [`FILL_INTERVAL`].
     pub fill_wake: Notify,
+    /// Outgoing connections being set up (connect and handshake not done), bounded by
+    /// [`ShardConfig::max_half_open`].
+    pub half_open: Cell<usize>,
+    /// Wakes dials waiting for a half-open slot.
+    pub half_open_wake: Notify,
+    /// Where connection events go (the control plane's dialer); `None` in tests.
+    pub events: Option<tokio::sync::mpsc::Sender<ShardEvent>>,
+    /// A task panicked: the shard's main task tears the shard down.
+    pub failure: Rc<crate::server::shard::TaskFailure>,
+    /// A stop was asked for: accept no more.
+    pub stopping: Cell<bool>,
+    /// The test-only panic switch is on (see `server::shard::TEST_PANIC_ENV`).
+    pub test_panic: bool,
     /// The storage ring's file-table counters already added to the registry's `ServerStats`.
     pub published: Cell<(u64, u64)>,
 }
 
+/// What a shard tells the control plane about connections (for the dialer's peer list and
+/// PEX). Sent with `try_send`: when the channel is full the event is dropped and counted, the
+/// shard never waits on the control plane.
+#[derive(Debug, Clone)]
+pub enum ShardEvent {
+    /// A dial to `addr` for torrent `torrent` ended: `connected` says whether the handshake
+    /// completed; `seed`: the peer turned out to be a seed (not worth dialing again while we
+    /// seed).
+    DialDone {
+        shard: usize,
+        torrent: usize,
+        addr: SocketAddr,
+        connected: bool,
+        seed: bool,
+    },
+    /// A connection of `torrent` we dialed to `addr` closed.
+    Closed {
+        shard: usize,
+        torrent: usize,
+        addr: SocketAddr,
+        seed: bool,
+    },
+}
+
+/// What the control plane asks of a shard (a bounded channel per shard).
+#[derive(Debug, Clone)]
+pub enum ShardCmd {
+    /// Dial `addr` for the torrent at registry index `torrent`.
+    Dial { torrent: usize, addr: SocketAddr },
+    /// Stop: close the listener, let sends in flight finish (at most `grace`), close every
+    /// connection and return.
+    Stop { grace: Duration },
+    /// Test-only fault injection (see `server::shard::TEST_PANIC_ENV`): panic this shard.
+    Panic,
+}
+
 impl Shard {
+    /// Brings the shard's torrent table up to the registry's (new torrents added while
+    /// serving). Cheap when nothing changed: one snapshot clone.
+    pub fn sync_torrents(&self) {
+        let all = self.registry.torrents();
+        let mut mine = self.torrents.borrow_mut();
+        for t in all.iter().skip(mine.len()) {
+            let tid = self
+                .store
+                .add_torrent(t.layout.clone(), t.root.clone(), false);
+            mine.push(ShardTorrent {
+                torrent: t.clone(),
+                tid,
+                choker: Choker::new(self.cfg.upload_slots),
+                peers: 0,
+                dialed: 0,
+                fill_pending: false,
+            });
+        }
+    }
+
+    /// The torrent at registry index `t` (the shard has synced it).
+    pub fn torrent(&self, t: usize) -> Option<Arc<Torrent>> {
+        self.torrents.borrow().get(t).map(|st| st.torrent.clone())
+    }
+
+    /// This shard's storage id for torrent `t`.
+    pub fn tid(&self, t: usize) -> Option<TorrentId> {
+        self.torrents.borrow().get(t).map(|st| st.tid)
+    }
+
+    /// Sends a connection event to the control plane, dropping it when the channel is full.
+    pub fn event(&self, e: ShardEvent) {
+        if let Some(tx) = &self.events {
+            if tx.try_send(e).is_err() {
+                self.registry
+                    .server
+                    .events_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Adds what the storage ring's file table did since the last call to the server's counters
     /// (after every batch's reads and every tick: a few loads when nothing changed).
     pub fn publish_stats(&self) {
@@ -171,9 +280,9 @@ impl Shard {
     /// A peer of torrent `t` changed its interest: its choker fills free slots soon (rate
     /// limited, see [`FILL_INTERVAL`]).
     pub fn want_fill(&self, t: usize) {
-        if let Some(p) = self.fill_pending.borrow_mut().get_mut(t) {
-            if !*p {
-                *p = true;
+        if let Some(st) = self.torrents.borrow_mut().get_mut(t) {
+            if !st.fill_pending {
+                st.fill_pending = true;
                 self.fill_wake.notify_one();
             }
         }
@@ -201,11 +310,14 @@ impl Shard {
                 slot.uploaded_at_tick = slot.uploaded;
             }
         }
-        let mut chokers = self.chokers.borrow_mut();
+        let mut torrents = self.torrents.borrow_mut();
+        let Some(st) = torrents.get_mut(t) else {
+            return;
+        };
         let decisions = if quick {
-            chokers[t].fill(now, input)
+            st.choker.fill(now, input)
         } else {
-            chokers[t].tick(now, input)
+            st.choker.tick(now, input)
         };
         for (key, unchoke) in decisions {
             if let Some(slot) = peers.get_mut(key) {
@@ -221,9 +333,13 @@ pub async fn filler(shard: Rc<Shard>) {
     let mut input = Vec::new();
     loop {
         shard.fill_wake.notified().await;
-        let n = shard.fill_pending.borrow().len();
+        let n = shard.torrents.borrow().len();
         for t in 0..n {
-            let due = std::mem::take(&mut shard.fill_pending.borrow_mut()[t]);
+            let due = shard
+                .torrents
+                .borrow_mut()
+                .get_mut(t)
+                .is_some_and(|st| std::mem::take(&mut st.fill_pending));
             if due {
                 shard.rechoke(t, Instant::now(), &mut input, true);
             }

@@ -111,3 +111,21 @@ pub fn check_or_resume(
     }
     Ok(true)
 }
+
+/// Saves resume data for a torrent at a stop: `have` is what may be trusted next time (see
+/// `Torrent::resume_bitfield`). Errors are reported, not fatal: the next start checks instead.
+pub fn save_resume(
+    info_hash: [u8; 20],
+    layout: &uring_bt_storage::layout::Layout,
+    root: &Path,
+    have: &[u8],
+    state_dir: &Path,
+) {
+    use uring_bt_storage::resume;
+    let path = state_dir.join(format!("{}.resume", hex(&info_hash)));
+    let data = resume::snapshot(info_hash, layout, root, have);
+    let saved = std::fs::create_dir_all(state_dir).and_then(|()| resume::save(&path, &data));
+    if let Err(e) = saved {
+        eprintln!("warning: cannot write resume data {}: {e}", path.display());
+    }
+}

@@ -1,0 +1,273 @@
+//! The control plane of a running server: the supervisor and its shards, the announcer, the
+//! dialer, the status line, and the clean stop. One current-thread tokio runtime on the main
+//! thread; nothing here runs on a shard.
+//!
+//! ```text
+//!  signals ──┐        ┌──────────── control plane (this module) ─────────────┐
+//!            ▼        │ Supervisor ── start/restart ──► shard threads (N)     │
+//!      stop / status  │ Announcer  ── FoundPeers ──► Dialer ── Dial ──► shard │
+//!                     │ shards ── ShardEvent (bounded, try_send) ──► Dialer   │
+//!                     └──────────────────────────────────────────────────────┘
+//! ```
+//!
+//! Clean stop (SIGINT/SIGTERM): every shard is told to stop (no more accepts; sends in flight
+//! get `grace` to finish; then its connections close), the announcer sends `stopped` to every
+//! tracker it announced to (bounded by its `stop_timeout`), both at once; then the caller saves
+//! resume data and prints the final lines. A second signal exits at once (code 130).
+
+use std::cell::{Cell, RefCell};
+use std::io::IsTerminal;
+use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::control::announce::{Announcer, FoundPeers};
+use crate::control::dialer::{Dialer, DialerConfig, ShardLinks};
+use crate::control::status::StatusSampler;
+use crate::control::supervisor::{ChildSpec, Exit, Intensity, Restart, Supervisor};
+use crate::server::registry::Registry;
+use crate::server::shard::{self, ShardExit};
+use crate::server::state::{ShardCmd, ShardConfig, ShardEvent};
+
+/// Capacity of each shard's command channel (dials queued for it).
+pub const SHARD_COMMANDS: usize = 256;
+/// Capacity of the shards' event channel to the control plane.
+pub const SHARD_EVENTS: usize = 4096;
+/// Capacity of the announcer's found-peers channel.
+pub const FOUND_PEERS: usize = 256;
+
+/// What the control plane needs to run a server.
+pub struct ServerPlan {
+    pub registry: Arc<Registry>,
+    /// One config per shard, and the listener bound for it at start-up.
+    pub shards: Vec<(ShardConfig, TcpListener)>,
+    /// The address the listeners share (a restarted shard binds it again).
+    pub bound: SocketAddr,
+    pub announcer: Option<Announcer>,
+    pub dialer: DialerConfig,
+    /// Our listening addresses as peers see them (never dialed).
+    pub own: Vec<SocketAddr>,
+    pub intensity: Intensity,
+    /// How long sends in flight may take to finish at a clean stop.
+    pub grace: Duration,
+    pub status_interval: Duration,
+}
+
+/// How the server ended.
+pub enum Ended {
+    /// A signal asked for a stop and it completed.
+    Stopped {
+        stopped_sent: usize,
+        stopped_acked: usize,
+    },
+    /// The supervisor gave up: the message for the user.
+    GaveUp(String),
+}
+
+/// Shard threads alive, and a wake when one ends.
+#[derive(Default)]
+struct Alive {
+    n: AtomicUsize,
+    ended: tokio::sync::Notify,
+}
+
+/// Starts the shards under the supervisor and runs the control plane until a signal (clean
+/// stop) or until the supervisor gives up.
+pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    crate::control::supervisor::install_panic_hook();
+
+    let n = plan.shards.len();
+    let (events_tx, mut events_rx) = tokio::sync::mpsc::channel::<ShardEvent>(SHARD_EVENTS);
+    let (found_tx, mut found_rx) = tokio::sync::mpsc::channel::<FoundPeers>(FOUND_PEERS);
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let alive = Arc::new(Alive::default());
+    let restarts: Rc<RefCell<Vec<u32>>> = Rc::new(RefCell::new(vec![0; n]));
+    let links: ShardLinks = Rc::new(RefCell::new(Vec::with_capacity(n)));
+    {
+        let mut l = links.borrow_mut();
+        for _ in 0..n {
+            // Placeholders until each shard starts (a send to them fails: the dialer retries).
+            let (tx, _) = tokio::sync::mpsc::channel(1);
+            l.push(tx);
+        }
+    }
+
+    let mut supervisor = Supervisor::new(plan.intensity);
+    for (index, (cfg, listener)) in plan.shards.into_iter().enumerate() {
+        let mut first = Some(listener);
+        let registry = plan.registry.clone();
+        let links = links.clone();
+        let events = events_tx.clone();
+        let alive = alive.clone();
+        let restarts = restarts.clone();
+        let bound = plan.bound;
+        let started = Cell::new(false);
+        let spec = ChildSpec {
+            name: format!("shard {index}"),
+            restart: Restart::Transient,
+            start: Box::new(move |notice| {
+                let listener = match first.take() {
+                    Some(l) => l,
+                    // A restart: join the other shards' port again (SO_REUSEPORT).
+                    None => shard::bind_listeners(bound, 1)
+                        .map_err(|e| format!("shard {index}: cannot listen on {bound}: {e}"))?
+                        .0
+                        .pop()
+                        .ok_or_else(|| format!("shard {index}: no listener"))?,
+                };
+                if started.replace(true) {
+                    restarts.borrow_mut()[index] += 1;
+                }
+                let (tx, rx) = tokio::sync::mpsc::channel(SHARD_COMMANDS);
+                let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+                let alive2 = alive.clone();
+                alive.n.fetch_add(1, Ordering::SeqCst);
+                let on_exit = Box::new(move |exit: ShardExit| {
+                    alive2.n.fetch_sub(1, Ordering::SeqCst);
+                    alive2.ended.notify_one();
+                    notice.exit(match exit {
+                        ShardExit::Stopped => Exit::Normal,
+                        ShardExit::Failed(e) => Exit::Failed(e),
+                        ShardExit::Panicked(e) => Exit::Panicked(e),
+                    });
+                });
+                shard::spawn(
+                    cfg.clone(),
+                    registry.clone(),
+                    listener,
+                    rx,
+                    Some(events.clone()),
+                    ready_tx,
+                    on_exit,
+                )
+                .map_err(|e| format!("shard {index}: cannot start its thread: {e}"))?;
+                match ready_rx.recv_timeout(Duration::from_secs(30)) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return Err(format!("shard {index} did not start within 30 s")),
+                }
+                links.borrow_mut()[index] = tx;
+                Ok(())
+            }),
+        };
+        supervisor.start_child(spec).map_err(anyhow::Error::msg)?;
+    }
+    drop(events_tx);
+
+    let mut dialer = Dialer::new(plan.dialer, links.clone(), plan.own);
+    for t in plan.registry.torrents().iter() {
+        dialer.add_torrent(t.info_hash, t.index);
+    }
+    let announcer = plan.announcer;
+    let announce_run = async {
+        match &announcer {
+            Some(a) => Some(a.run(found_tx, shutdown_rx.clone()).await),
+            None => {
+                drop(found_tx);
+                None
+            }
+        }
+    };
+    let mut announce_run = std::pin::pin!(announce_run);
+    let tty = std::io::stderr().is_terminal();
+    let period = if tty {
+        Duration::from_secs(1)
+    } else {
+        plan.status_interval
+    };
+    let mut status_iv = tokio::time::interval(period);
+    status_iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    status_iv.tick().await;
+    let mut dial_iv = tokio::time::interval(Duration::from_secs(1));
+    dial_iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sampler = StatusSampler::default();
+
+    // The announcer's run ends only after the shutdown below; kept in case it ends early.
+    let mut ann_done = None;
+    let gave_up = {
+        let sup = supervisor.run(shutdown_rx.clone());
+        let mut sup = std::pin::pin!(sup);
+        loop {
+            tokio::select! {
+                res = &mut sup => {
+                    if let Err(g) = res {
+                        break Some(g.to_string());
+                    }
+                    break None;
+                }
+                _ = term.recv() => break None,
+                _ = int.recv() => break None,
+                r = &mut announce_run, if ann_done.is_none() => {
+                    ann_done = Some(r);
+                }
+                Some(f) = found_rx.recv() => dialer.on_found(f, Instant::now()),
+                Some(e) = events_rx.recv() => dialer.on_event(e, Instant::now()),
+                _ = dial_iv.tick() => {
+                    dialer.tick(Instant::now());
+                }
+                _ = status_iv.tick() => {
+                    let line = sampler.line(&plan.registry, announcer.as_ref(), &restarts.borrow());
+                    if tty {
+                        eprint!("\r\x1b[2K{line}");
+                    } else {
+                        eprintln!("status: {line}");
+                    }
+                }
+            }
+        }
+    };
+    if tty {
+        eprintln!();
+    }
+    if let Some(msg) = &gave_up {
+        eprintln!("error: {msg}");
+    }
+
+    // The stop: shards and announcer at once; a second signal exits at once.
+    let _ = shutdown_tx.send(true);
+    for tx in links.borrow().iter() {
+        let _ = tx.try_send(ShardCmd::Stop { grace: plan.grace });
+    }
+    let shards_done = async {
+        let until = tokio::time::Instant::now() + plan.grace + Duration::from_secs(5);
+        while alive.n.load(Ordering::SeqCst) > 0 {
+            if tokio::time::timeout_at(until, alive.ended.notified())
+                .await
+                .is_err()
+            {
+                tracing::warn!("shards still running after the stop's wait");
+                break;
+            }
+        }
+    };
+    let stop = async {
+        let ann = async {
+            match ann_done.take() {
+                Some(r) => r,
+                None => announce_run.await,
+            }
+        };
+        let (_, r) = tokio::join!(shards_done, ann);
+        r
+    };
+    let report = tokio::select! {
+        r = stop => r,
+        _ = term.recv() => std::process::exit(130),
+        _ = int.recv() => std::process::exit(130),
+    };
+    if let Some(msg) = gave_up {
+        return Ok(Ended::GaveUp(msg));
+    }
+    let (sent, acked) = report.map_or((0, 0), |r| (r.sent, r.acknowledged));
+    Ok(Ended::Stopped {
+        stopped_sent: sent,
+        stopped_acked: acked,
+    })
+}
