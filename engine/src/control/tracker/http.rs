@@ -103,11 +103,25 @@ impl HttpTracker {
         let mut visited: Vec<String> = vec![uri.to_string()];
         let mut redirects = 0u32;
         loop {
-            let req = Request::get(uri.clone())
-                .header(USER_AGENT, self.user_agent.as_str())
-                .body(Empty::<Bytes>::new())
-                .map_err(|e| TrackerError::BadUrl(format!("{uri}: {e}")))?;
-            let resp = self.client.request(req).await.map_err(|e| {
+            let make = || {
+                Request::get(uri.clone())
+                    .header(USER_AGENT, self.user_agent.as_str())
+                    .body(Empty::<Bytes>::new())
+                    .map_err(|e| TrackerError::BadUrl(format!("{uri}: {e}")))
+            };
+            let mut res = self.client.request(make()?).await;
+            // A tracker may close a kept-alive connection right after its answer without saying
+            // so (opentracker does, after every response): a request sent on it in the meantime
+            // fails with an incomplete message. A GET is idempotent: try once more, on a new
+            // connection (the pool drops the closed one; each of its idle connections may be
+            // stale, so at most that many more tries).
+            for _ in 0..POOL_MAX_IDLE_PER_HOST {
+                if !res.as_ref().err().is_some_and(closed_before_answer) {
+                    break;
+                }
+                res = self.client.request(make()?).await;
+            }
+            let resp = res.map_err(|e| {
                 let what = if e.is_connect() {
                     "cannot connect"
                 } else {
@@ -258,6 +272,18 @@ fn reference_scheme(r: &str) -> Option<&str> {
 
 /// Reads `body` to its end, keeping at most `cap` bytes: one byte more is
 /// [`TrackerError::TooLarge`] and nothing more is read (the connection is dropped).
+/// The pooled connection was closed by the server before it answered this request.
+fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            return h.is_incomplete_message() || h.is_canceled();
+        }
+        src = s.source();
+    }
+    false
+}
+
 async fn read_capped(mut body: Incoming, cap: usize) -> Result<Vec<u8>, TrackerError> {
     let mut out = Vec::new();
     while let Some(frame) = body.frame().await {
