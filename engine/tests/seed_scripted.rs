@@ -1200,3 +1200,115 @@ fn data_altered_under_the_seeder_is_checked_again_and_never_sent() {
     let err = seeder_stderr(&f);
     assert!(err.contains("changed under the seeder"), "{err}");
 }
+
+/// Sends our BEP 10 handshake: `ut_metadata` as 3 and `ut_pex` as 4, listening on `port`.
+fn send_ext_handshake(p: &mut Scripted, port: u16) {
+    let mut ext = wire::ExtHandshake {
+        p: Some(port),
+        ..wire::ExtHandshake::default()
+    };
+    ext.m.insert("ut_metadata".into(), 3);
+    ext.m.insert("ut_pex".into(), 4);
+    let payload = ext.encode();
+    p.send(&Message::Extended {
+        id: 0,
+        payload: &payload,
+    });
+}
+
+/// The seeder's extension handshake (skipping what comes before it).
+fn their_ext_handshake(p: &mut Scripted) -> wire::ExtHandshake {
+    match p.recv_until(|m| matches!(m, OwnedMessage::Extended { id: 0, .. })) {
+        Some(OwnedMessage::Extended { payload, .. }) => {
+            wire::ExtHandshake::decode(&payload).expect("a valid extension handshake")
+        }
+        other => panic!("no extension handshake: {other:?}"),
+    }
+}
+
+#[test]
+fn metadata_is_served_in_pieces_and_pex_lists_the_swarm() {
+    use uring_bt_proto::ext::{self, MetadataMsg};
+    let f = fixture(300_000);
+    let (_seeder, addr) = start_seeder(&f, &[]);
+    let meta = uring_bt::torrent::load::metainfo_from_file(&f.torrent).unwrap();
+
+    // Peer A: asks for the metadata.
+    let (mut a, _) = Scripted::connect(addr, f.info_hash, true);
+    send_ext_handshake(&mut a, 51001);
+    let theirs = their_ext_handshake(&mut a);
+    let md_id = *theirs.m.get("ut_metadata").expect("ut_metadata advertised");
+    assert!(
+        theirs.m.get("ut_pex").is_some_and(|&id| id != 0),
+        "{theirs:?}"
+    );
+    assert_eq!(theirs.metadata_size, Some(meta.info_bytes.len() as u64));
+    let mut req = Vec::new();
+    ext::encode_metadata_request(0, &mut req);
+    a.send(&Message::Extended {
+        id: md_id,
+        payload: &req,
+    });
+    let reply = a
+        .recv_until(|m| matches!(m, OwnedMessage::Extended { id: 3, .. }))
+        .expect("a metadata reply");
+    let OwnedMessage::Extended { payload, .. } = reply else {
+        unreachable!()
+    };
+    match ext::decode_metadata(&payload).unwrap() {
+        MetadataMsg::Data {
+            piece: 0,
+            total_size,
+            data,
+        } => {
+            assert_eq!(total_size, meta.info_bytes.len() as u64);
+            assert_eq!(
+                data,
+                &meta.info_bytes[..],
+                "one piece holds the whole info dict"
+            );
+            let ih: [u8; 20] = Sha1::digest(data).into();
+            assert_eq!(ih, f.info_hash, "the metadata hashes to the info hash");
+        }
+        other => panic!("expected piece 0 of the metadata, got {other:?}"),
+    }
+    // A piece past the end is rejected, and the connection stays up.
+    req.clear();
+    ext::encode_metadata_request(7, &mut req);
+    a.send(&Message::Extended {
+        id: md_id,
+        payload: &req,
+    });
+    let reply = a
+        .recv_until(|m| matches!(m, OwnedMessage::Extended { id: 3, .. }))
+        .expect("a metadata reject");
+    let OwnedMessage::Extended { payload, .. } = reply else {
+        unreachable!()
+    };
+    assert_eq!(
+        ext::decode_metadata(&payload).unwrap(),
+        MetadataMsg::Reject { piece: 7 }
+    );
+
+    // Peer B: told about A (its IP and the port of A's extension handshake) by PEX.
+    let (mut b, _) = Scripted::connect(addr, f.info_hash, true);
+    send_ext_handshake(&mut b, 51002);
+    let _ = their_ext_handshake(&mut b);
+    b.s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let pex = b
+        .recv_until(|m| matches!(m, OwnedMessage::Extended { id: 4, .. }))
+        .expect("a PEX message within a few seconds");
+    let OwnedMessage::Extended { payload, .. } = pex else {
+        unreachable!()
+    };
+    let msg = ext::decode_pex(&payload).unwrap();
+    let a_listen: SocketAddr = "127.0.0.1:51001".parse().unwrap();
+    assert!(
+        msg.added.iter().any(|(addr, _)| *addr == a_listen),
+        "PEX lists A's listening address: {msg:?}"
+    );
+    assert!(
+        !msg.added.iter().any(|(addr, _)| addr.port() == 51002),
+        "B is not told about itself: {msg:?}"
+    );
+}

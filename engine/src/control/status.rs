@@ -84,6 +84,16 @@ impl StatusSampler {
                 }
             }
         }
+        if restarts.len() > 1 {
+            let by_shard: Vec<usize> = registry
+                .server
+                .shard_peers
+                .iter()
+                .take(restarts.len())
+                .map(|n| n.load(Ordering::Relaxed))
+                .collect();
+            line.push_str(&format!(" | peers by shard {by_shard:?}"));
+        }
         let total: u32 = restarts.iter().sum();
         if total > 0 {
             line.push_str(&format!(" | shard restarts {restarts:?}"));

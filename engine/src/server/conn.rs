@@ -246,9 +246,15 @@ fn start_writer(
     done_rx
 }
 
+/// Most swarm entries considered for one PEX message (the message itself carries at most 50
+/// added per family).
+const PEX_SWARM_CAP: usize = 200;
+
 /// Every session's timers, once per tick (see `server::shard`), and the swarm's listening
 /// addresses learnt from extension handshakes (for PEX).
 pub fn tick_sessions(shard: &Shard, now: Instant) {
+    let mut swarms: std::collections::HashMap<usize, Vec<(SocketAddr, u8)>> =
+        std::collections::HashMap::new();
     let mut peers = shard.peers.borrow_mut();
     for (_, slot) in peers.iter_mut() {
         if slot.closing {
@@ -260,6 +266,28 @@ pub fn tick_sessions(shard: &Shard, now: Instant) {
             Err(reason) => {
                 slot.close_for(reason);
                 continue;
+            }
+        }
+        // BEP 11: the swarm, as of this tick, to peers that support PEX (the session sends at
+        // most one message a minute, never for a private torrent).
+        if let Some(t) = slot.torrent {
+            let swarm = swarms.entry(t).or_insert_with(|| {
+                let mut v = Vec::new();
+                if let Some(torrent) = shard.torrent(t).filter(|t| !t.private) {
+                    torrent.swarm_snapshot(PEX_SWARM_CAP, &mut v);
+                }
+                v
+            });
+            if !swarm.is_empty() {
+                let own = slot.listen_addr;
+                let others: Vec<(SocketAddr, u8)> = swarm
+                    .iter()
+                    .copied()
+                    .filter(|(a, _)| Some(*a) != own)
+                    .collect();
+                if slot.session.poll_pex(now, &others) {
+                    slot.wake.notify_one();
+                }
             }
         }
         if slot.listen_addr.is_none() {

@@ -383,7 +383,7 @@ impl Torrent {
 }
 
 /// Relaxed counters of the whole server, summed over shards (each shard adds its own).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ServerStats {
     /// Connections accepted / refused because the shard was full.
     pub accepted: AtomicU64,
@@ -398,6 +398,27 @@ pub struct ServerStats {
     /// Outgoing connections: attempted, and those whose handshake completed.
     pub dials: AtomicU64,
     pub dials_connected: AtomicU64,
+    /// Connections each shard holds (published every tick; at most [`MAX_SHARDS`] shards).
+    pub shard_peers: [AtomicUsize; MAX_SHARDS],
+}
+
+/// Most shards a server runs (`seed --shards`).
+pub const MAX_SHARDS: usize = 256;
+
+impl Default for ServerStats {
+    fn default() -> Self {
+        ServerStats {
+            accepted: AtomicU64::new(0),
+            refused_full: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
+            file_opens: AtomicU64::new(0),
+            file_evictions: AtomicU64::new(0),
+            events_dropped: AtomicU64::new(0),
+            dials: AtomicU64::new(0),
+            dials_connected: AtomicU64::new(0),
+            shard_peers: std::array::from_fn(|_| AtomicUsize::new(0)),
+        }
+    }
 }
 
 impl ServerStats {

@@ -229,10 +229,41 @@ async fn run(
                 }
             },
             () = shard.failure.wake.notified() => {
+                forget_connections(&shard);
                 let text = shard.failure.text.borrow().clone().unwrap_or_default();
                 return Err(ShardExit::Panicked(text));
             }
         }
+    }
+}
+
+/// A task panicked: the runtime is about to drop every connection's tasks without their
+/// clean-up, so what they counted in the shared registry is undone here (peers per torrent,
+/// dialed peers, swarm entries for PEX, this shard's peer count).
+fn forget_connections(shard: &Shard) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let Ok(peers) = shard.peers.try_borrow() else {
+        return;
+    };
+    for (_, slot) in peers.iter() {
+        let Some(t) = slot.torrent else {
+            continue;
+        };
+        let Some(torrent) = shard.torrent(t) else {
+            continue;
+        };
+        torrent.stats.peers.fetch_sub(1, Relaxed);
+        if slot.session.is_outbound() {
+            torrent.stats.peers_dialed.fetch_sub(1, Relaxed);
+        }
+        if let Some(listen) = slot.listen_addr {
+            if let Ok(mut sw) = torrent.swarm.lock() {
+                sw.remove(&listen);
+            }
+        }
+    }
+    if let Some(n) = shard.registry.server.shard_peers.get(shard.cfg.index) {
+        n.store(0, Relaxed);
     }
 }
 
@@ -324,5 +355,11 @@ async fn ticker(shard: Rc<Shard>) {
             shard.rechoke(t, now, &mut choker_input, false);
         }
         shard.publish_stats();
+        if let Some(n) = shard.registry.server.shard_peers.get(shard.cfg.index) {
+            n.store(
+                shard.peers.borrow().len(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
     }
 }
