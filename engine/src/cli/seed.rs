@@ -25,6 +25,7 @@ use crate::control::dialer::DialerConfig;
 use crate::control::run::{Ended, ServerPlan};
 use crate::control::status::human_bytes;
 use crate::control::supervisor::Intensity;
+use crate::control::tracker::ClientConfig;
 use crate::server::affinity::{allowed_cpus, cpu_for_shard};
 use crate::server::limits::{fd_budget, raise_nofile};
 use crate::server::registry::{hex, Registry, Torrent};
@@ -68,6 +69,13 @@ pub struct SeedArgs {
     /// Most announces started per second (a server with thousands of torrents spreads them).
     #[arg(long, default_value_t = 20.0, value_name = "N")]
     pub announce_rate: f64,
+    /// Seconds a UDP tracker has to answer before the first retransmission (BEP 15: 15; each
+    /// retransmission waits twice as long as the one before).
+    #[arg(long, default_value_t = 15, value_name = "SECS")]
+    pub udp_timeout: u64,
+    /// Retransmissions to a UDP tracker before it counts as failed (at most 8).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub udp_retries: u32,
     /// Outgoing connections per torrent to peers from trackers (transmission, for one, never
     /// dials a loopback seeder: it must be dialed).
     #[arg(long, default_value_t = 32, value_name = "N")]
@@ -290,6 +298,11 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
             "--max-restarts must be at most 1000 and --restart-window between 1 and 86400",
         ));
     }
+    if args.udp_timeout == 0 || args.udp_timeout > 60 || args.udp_retries > 8 {
+        return Err(usage(
+            "--udp-timeout must be between 1 and 60 seconds and --udp-retries at most 8",
+        ));
+    }
     if args.stop_timeout > 600 {
         return Err(usage("--stop-timeout must be at most 600 seconds"));
     }
@@ -459,6 +472,14 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
                 rate: args.announce_rate,
                 stop_timeout,
                 ..AnnouncerConfig::new(peer_id, public_port)
+            };
+            let cfg = AnnouncerConfig {
+                client: ClientConfig {
+                    udp_base_timeout: Duration::from_secs(args.udp_timeout),
+                    udp_max_retransmit: args.udp_retries,
+                    ..cfg.client.clone()
+                },
+                ..cfg
             };
             let a = Announcer::new(cfg).context("cannot start the tracker client")?;
             let mut any = false;
