@@ -129,8 +129,6 @@ pub enum DisconnectReason {
     BadBitfield,
     #[error("HAVE for piece {0}, out of range")]
     HaveOutOfRange(u32),
-    #[error("second BITFIELD/HAVE ALL/HAVE NONE")]
-    DuplicateBitfield,
     #[error("FAST message id {0} without the FAST extension")]
     FastNotNegotiated(u8),
     #[error("too many bad requests (last: {0})")]
@@ -210,6 +208,8 @@ pub struct PeerStats {
     pub requests_cancelled: u64,
     /// Strikes so far (invalid requests).
     pub bad_requests: u32,
+    /// BITFIELD / HAVE ALL / HAVE NONE messages after the first (each replaced the last).
+    pub bitfields_replaced: u32,
 }
 
 /// The peer's pieces.
@@ -522,12 +522,16 @@ impl Peer {
         }
     }
 
-    /// BITFIELD / HAVE ALL / HAVE NONE: at most once. (BEP 3 and 6 want it first; we do not
-    /// insist, since some clients send the extension handshake before it.)
-    fn initial_ok(&mut self, out: &mut Actions) -> bool {
+    /// BITFIELD / HAVE ALL / HAVE NONE. BEP 3 and 6 want one, first; we insist on neither:
+    /// some clients send the extension handshake before it, and aria2 1.36 sends HAVE NONE or a
+    /// BITFIELD and then a second BITFIELD ~50 ms later (libtorrent tolerates it too). A later
+    /// one replaces what the peer said before; each costs work linear in its own length (at
+    /// most the torrent's bitfield), so repeating them buys a peer nothing.
+    fn initial_ok(&mut self, _out: &mut Actions) -> bool {
         if self.got_bitfield {
-            out.push(Action::Disconnect(DisconnectReason::DuplicateBitfield));
-            return false;
+            self.stats.bitfields_replaced = self.stats.bitfields_replaced.saturating_add(1);
+            self.peer_seed = false;
+            self.pieces = None;
         }
         self.got_bitfield = true;
         true
@@ -1123,15 +1127,16 @@ mod tests {
             p.on_message(&msg, &mut out);
             assert_eq!(out.as_slice(), [Action::Disconnect(why)], "{msg:?}");
         }
-        // A second bitfield-type message.
+        // A second bitfield-type message replaces the first (aria2 sends two).
         let mut p = Peer::new(cfg(), false, true);
         let mut out = Actions::new();
         p.on_message(&Message::HaveNone, &mut out);
-        p.on_message(&Message::Bitfield(&[0, 0]), &mut out);
-        assert_eq!(
-            out.as_slice(),
-            [Action::Disconnect(DisconnectReason::DuplicateBitfield)]
-        );
+        p.on_message(&Message::Bitfield(&[0x80, 0]), &mut out);
+        assert!(out.as_slice().is_empty(), "{:?}", out.as_slice());
+        assert!(p.peer_has(0) && !p.peer_has(1));
+        p.on_message(&Message::HaveNone, &mut out);
+        assert!(!p.peer_has(0));
+        assert_eq!(p.stats().bitfields_replaced, 2);
     }
 
     #[test]
