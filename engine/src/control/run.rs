@@ -232,8 +232,14 @@ pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
 
     // The stop: shards and announcer at once; a second signal exits at once.
     let _ = shutdown_tx.send(true);
-    for tx in links.borrow().iter() {
-        let _ = tx.try_send(ShardCmd::Stop { grace: plan.grace });
+    // A queue full of dials must not lose the stop: wait (briefly) for room.
+    let senders: Vec<_> = links.borrow().iter().cloned().collect();
+    for tx in senders {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            tx.send(ShardCmd::Stop { grace: plan.grace }),
+        )
+        .await;
     }
     let shards_done = async {
         let until = tokio::time::Instant::now() + plan.grace + Duration::from_secs(5);

@@ -198,6 +198,7 @@ async fn run(
         events,
         failure: Rc::new(TaskFailure::default()),
         stopping: std::cell::Cell::new(false),
+        accept_ended: std::cell::Cell::new(false),
         test_panic,
         cfg,
         registry,
@@ -221,7 +222,10 @@ async fn run(
                     stop(&shard, listen_fd, grace).await;
                     return Ok(());
                 }
-                Some(ShardCmd::Panic) => panic!("shard {index}: injected panic (test switch)"),
+                Some(ShardCmd::Panic) => {
+                    close_listener(&shard, listen_fd).await;
+                    panic!("shard {index}: injected panic (test switch)")
+                }
                 // The control plane is gone: stop as for a Stop.
                 None => {
                     stop(&shard, listen_fd, Duration::from_secs(1)).await;
@@ -229,6 +233,7 @@ async fn run(
                 }
             },
             () = shard.failure.wake.notified() => {
+                close_listener(&shard, listen_fd).await;
                 forget_connections(&shard);
                 let text = shard.failure.text.borrow().clone().unwrap_or_default();
                 return Err(ShardExit::Panicked(text));
@@ -267,15 +272,27 @@ fn forget_connections(shard: &Shard) {
     }
 }
 
-/// A clean stop: no more accepts; sends in flight get up to `grace` to finish; then every
-/// connection is closed and its tasks end (bounded wait) before the runtime goes away.
-async fn stop(shard: &Rc<Shard>, listen_fd: std::os::fd::RawFd, grace: Duration) {
+/// Stops accepting and waits (at most 1 s) for the accept task to end. The accept in flight
+/// must complete inside this runtime: were the runtime torn down with it pending, a connection
+/// the kernel accepts at that moment would be discarded by tokio-uring's driver without being
+/// closed (a leaked socket, and a peer left waiting).
+async fn close_listener(shard: &Rc<Shard>, listen_fd: std::os::fd::RawFd) {
     shard.stopping.set(true);
     // SAFETY: `listen_fd` is the listener's descriptor, alive until the accept task (which owns
     // the listener) ends; shutdown(2) only makes its pending accept fail, it frees nothing.
     unsafe {
         libc::shutdown(listen_fd, libc::SHUT_RDWR);
     }
+    let until = Instant::now() + Duration::from_secs(1);
+    while !shard.accept_ended.get() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A clean stop: no more accepts; sends in flight get up to `grace` to finish; then every
+/// connection is closed and its tasks end (bounded wait) before the runtime goes away.
+async fn stop(shard: &Rc<Shard>, listen_fd: std::os::fd::RawFd, grace: Duration) {
+    close_listener(shard, listen_fd).await;
     let until = Instant::now() + grace;
     while Instant::now() < until {
         let busy = shard
@@ -301,6 +318,10 @@ async fn accept_loop(shard: Rc<Shard>, listener: tokio_uring::net::TcpListener) 
     loop {
         let res = listener.accept().await;
         if shard.stopping.get() {
+            // A connection accepted at this moment is closed here (dropped), with the listener.
+            drop(res);
+            drop(listener);
+            shard.accept_ended.set(true);
             return;
         }
         match res {

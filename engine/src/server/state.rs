@@ -175,6 +175,8 @@ pub struct Shard {
     pub failure: Rc<crate::server::shard::TaskFailure>,
     /// A stop was asked for: accept no more.
     pub stopping: Cell<bool>,
+    /// The accept task has ended (its listener closed).
+    pub accept_ended: Cell<bool>,
     /// The test-only panic switch is on (see `server::shard::TEST_PANIC_ENV`).
     pub test_panic: bool,
     /// The storage ring's file-table counters already added to the registry's `ServerStats`.
