@@ -6,6 +6,8 @@
 //! A test that needs a real client fails with a clear message when the client is missing.
 #![allow(dead_code)] // each test binary uses a subset of these helpers
 
+pub mod opentracker;
+
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
