@@ -1,11 +1,11 @@
 //! `uring-bt seed`: the command that starts the seeding server.
 //!
 //! Parse and validate first, then build: load (or create) the torrents, check the data, build the
-//! registry, bind one SO_REUSEPORT listener per shard, start the shards, then print where we
-//! listen and hand over to the control plane (`control::status`) until SIGINT/SIGTERM. The data
-//! plane is the shards (`server::shard`).
+//! registry, bind one SO_REUSEPORT listener per shard, then hand over to the control plane
+//! (`control::run`): it starts the shards under the supervisor, prints where we listen once they
+//! serve, announces, dials, and stops cleanly on SIGINT/SIGTERM. Resume data is saved at the end.
+//! The data plane is the shards (`server::shard`).
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -440,20 +440,16 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
         tiers.retain(|t| !t.is_empty());
         tiers
     };
-    {
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(
-            out,
-            "listening: {bound} ({shards} shard(s), {buffers} buffers and {files_per_shard} open files each, {max_peers} peers max)"
-        );
-        for t in registry.torrents().iter() {
-            let meta = &loaded[t.index].meta;
-            let mut m = meta.clone();
-            m.trackers = tiers_of(meta);
-            let _ = writeln!(out, "info_hash: {} {}", hex(&t.info_hash), t.name);
-            let _ = writeln!(out, "magnet: {}", m.magnet(&magnet_peers));
-        }
-        let _ = out.flush();
+    // Printed once the shards serve: `listening:` means ready.
+    let mut ready_lines = vec![format!(
+        "listening: {bound} ({shards} shard(s), {buffers} buffers and {files_per_shard} open files each, {max_peers} peers max)"
+    )];
+    for t in registry.torrents().iter() {
+        let meta = &loaded[t.index].meta;
+        let mut m = meta.clone();
+        m.trackers = tiers_of(meta);
+        ready_lines.push(format!("info_hash: {} {}", hex(&t.info_hash), t.name));
+        ready_lines.push(format!("magnet: {}", m.magnet(&magnet_peers)));
     }
 
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -526,6 +522,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
             },
             grace: stop_timeout,
             status_interval: Duration::from_secs(args.status_interval.max(1)),
+            ready_lines,
         })
         .await
     })?;

@@ -55,6 +55,8 @@ pub struct ServerPlan {
     /// How long sends in flight may take to finish at a clean stop.
     pub grace: Duration,
     pub status_interval: Duration,
+    /// Printed on stdout once every shard serves (`listening:`, `info_hash:`, `magnet:`).
+    pub ready_lines: Vec<String>,
 }
 
 /// How the server ended.
@@ -99,7 +101,7 @@ pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
         }
     }
 
-    let mut supervisor = Supervisor::new(plan.intensity);
+    let mut supervisor = Supervisor::with_max_children(plan.intensity, n + 4);
     for (index, (cfg, listener)) in plan.shards.into_iter().enumerate() {
         let mut first = Some(listener);
         let registry = plan.registry.clone();
@@ -160,6 +162,14 @@ pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
         supervisor.start_child(spec).map_err(anyhow::Error::msg)?;
     }
     drop(events_tx);
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for l in &plan.ready_lines {
+            let _ = writeln!(out, "{l}");
+        }
+        let _ = out.flush();
+    }
 
     let mut dialer = Dialer::new(plan.dialer, links.clone(), plan.own);
     for t in plan.registry.torrents().iter() {

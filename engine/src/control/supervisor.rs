@@ -29,12 +29,10 @@
 //! see the `token`s below). Should reserving ever fail anyway, that start fails and counts as a
 //! restart. If the supervisor is gone, a report is dropped: nobody is left to act on it.
 //!
-//! # `panic = "abort"`
-//! The release profile sets `panic = "abort"` (the workspace's Cargo.toml): there a panicking
-//! child ends the whole process before any report, and only `Normal` and `Failed` exits reach
-//! the supervisor. The `Panicked` path (caught by [`spawn_thread_child`], or reported by a notice
-//! dropped during unwinding) works in builds with `panic = "unwind"` (dev and test today).
-//! Whether the release build unwinds is the lead's decision, recorded in docs/architecture.md.
+//! # Panics
+//! Every profile unwinds (the release profile switched from `panic = "abort"` for this; the cost
+//! is in docs/benchmarks.md): a panicking child is caught ([`spawn_thread_child`], or the shard's
+//! own `catch_unwind`) and reported as `Panicked`, and only that child is restarted.
 //!
 //! The supervisor is `!Send` (start closures need not be `Send`): run it on the control plane's
 //! current-thread runtime with `block_on` or on a `LocalSet`, not with `tokio::spawn`.

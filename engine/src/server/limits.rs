@@ -5,8 +5,9 @@
 use anyhow::bail;
 
 /// File descriptors kept aside for what is not a peer or a data file: stdio, the control plane's
-/// runtime, per-shard rings, eventfds and listeners.
-const FD_RESERVE_BASE: u64 = 24;
+/// runtime, per-shard rings, eventfds and listeners (24), and the tracker client: its one UDP
+/// socket, at most 16 HTTP announces in flight and a few idle pooled connections (24 more).
+const FD_RESERVE_BASE: u64 = 48;
 const FD_RESERVE_PER_SHARD: u64 = 8;
 
 /// Splits the descriptor budget: `(max_peers, max_open_files_per_shard)`. Peers and files share
@@ -74,9 +75,9 @@ mod tests {
 
     #[test]
     fn fd_budget_splits_and_refuses() {
-        // 128 descriptors, 2 shards: reserve 40, 88 left: 44 for files (22 per shard), 44 peers.
-        assert_eq!(fd_budget(128, 2, 512, None).unwrap(), (44, 22));
-        assert_eq!(fd_budget(128, 2, 10, None).unwrap(), (10, 22));
+        // 128 descriptors, 2 shards: reserve 64, 64 left: 32 for files (16 per shard), 32 peers.
+        assert_eq!(fd_budget(128, 2, 512, None).unwrap(), (32, 16));
+        assert_eq!(fd_budget(128, 2, 10, None).unwrap(), (10, 16));
         assert!(fd_budget(40, 2, 10, None).is_err());
         assert!(fd_budget(128, 1, 10, Some(200)).is_err());
         assert_eq!(fd_budget(1 << 20, 2, 512, None).unwrap(), (512, 1024));

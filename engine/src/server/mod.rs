@@ -1,9 +1,11 @@
 //! The data plane. One shard per core, each owning its listener, its peers, its buffer pool and
 //! its storage ring; shards share only the read-mostly registry.
 //!
-//! Dependencies run one way: `shard` (threads, accept loop, ticker) -> `conn` (the connection
-//! driver) -> `serve` (reading a batch of blocks) and `state` (the shard's state and each peer's
-//! slot) -> `registry`. Nothing below imports what is above it.
+//! Dependencies run mostly one way: `shard` (threads, accept loop, command loop, ticker) ->
+//! `conn` (the connection driver) -> `serve` (reading a batch of blocks) and `state` (the
+//! shard's state and each peer's slot) -> `registry`. The one way back: `conn` and `state` spawn
+//! their tasks through `shard::spawn_task` (so a panic in any task fails the shard) and name its
+//! `TaskFailure`.
 //! - [`registry`]: the torrents every shard serves (atomic piece bits, counters).
 //! - [`state`]: a shard's state, its configuration, and one peer's slot.
 //! - [`serve`]: reading a batch of requested blocks into pool buffers through a `BlockStore`.

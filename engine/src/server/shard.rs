@@ -224,6 +224,7 @@ async fn run(
                 }
                 Some(ShardCmd::Panic) => {
                     close_listener(&shard, listen_fd).await;
+                    forget_connections(&shard);
                     panic!("shard {index}: injected panic (test switch)")
                 }
                 // The control plane is gone: stop as for a Stop.

@@ -87,6 +87,8 @@ fuzz_target!(|data: &[u8]| {
         piece_length,
         last_piece_length,
         seed,
+        private: flags & 0x80 != 0,
+        metadata: Some(std::sync::Arc::from(&[b'd', b'e'][..])),
     };
     // Not a seed: nothing, or every other piece.
     let have = if partial {
