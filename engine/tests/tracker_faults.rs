@@ -239,3 +239,108 @@ fn the_seeder_serves_through_every_tracker_fault() {
     stop.store(true, Ordering::Relaxed);
     eprintln!("tracker faults: info hash {info_hash}, trackers {trackers:?}");
 }
+
+/// What a tracker hears: `--announce-ip`/`--announce-port` in the announce (BEP 3 `ip`,
+/// `port`), `left=0` for a seed, `started` then `stopped` at SIGTERM, the other parameters; the
+/// magnet link carries the tracker and the announced address.
+#[test]
+fn announce_parameters_and_magnet_follow_the_announce_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_random_file(&data.join("p.bin"), 300_000, 5);
+    let torrent = dir.path().join("p.torrent");
+    let info_hash = lt_create(&data.join("p.bin"), &torrent, 32 * 1024);
+
+    // A tracker that records each request line and answers with an empty compact list.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming().take(50) {
+            let Ok(mut s) = c else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut req = vec![0u8; 4096];
+            let n = s.read(&mut req).unwrap_or(0);
+            let line = String::from_utf8_lossy(&req[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            seen2.lock().unwrap().push(line);
+            let body = b"d8:intervali1800e5:peers0:e";
+            let _ = s.write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            let _ = s.write_all(body);
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}/announce");
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("seed")
+        .arg(&torrent)
+        .arg("--data")
+        .arg(&data)
+        .args(["--listen", "127.0.0.1:0", "--no-resume", "--no-pin"])
+        .args(["--announce-ip", "127.0.0.9", "--announce-port", "7777"])
+        .args(["--tracker", &url]);
+    let mut seeder = Proc::spawn("uring-bt seed (announce flags)", cmd);
+    seeder.wait_line("listening:", Duration::from_secs(60));
+    let magnet = seeder.wait_line("magnet:", Duration::from_secs(10));
+    assert!(magnet.contains("x.pe=127.0.0.9:7777"), "{magnet}");
+    assert!(
+        magnet.contains(&format!("tr=http%3A%2F%2F127.0.0.1%3A{port}%2Fannounce")),
+        "{magnet}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while seen.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no announce");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = seeder.terminate(Duration::from_secs(30));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    let lines = seen.lock().unwrap().clone();
+    let started = lines
+        .iter()
+        .find(|l| l.contains("event=started"))
+        .unwrap_or_else(|| panic!("no started: {lines:?}"));
+    for want in [
+        "port=7777",
+        "ip=127.0.0.9",
+        "left=0",
+        "uploaded=0",
+        "downloaded=0",
+        "compact=1",
+        "numwant=",
+        "key=",
+    ] {
+        assert!(started.contains(want), "no {want} in {started}");
+    }
+    // info_hash byte by byte: the hex of the torrent's hash, percent-encoded.
+    let ih_param = started
+        .split(['?', '&'])
+        .find_map(|kv| kv.strip_prefix("info_hash="))
+        .unwrap_or_else(|| panic!("no info_hash in {started}"));
+    let mut bytes = Vec::new();
+    let mut it = ih_param.split(' ').next().unwrap().bytes();
+    while let Some(c) = it.next() {
+        if c == b'%' {
+            let h: String = [it.next().unwrap() as char, it.next().unwrap() as char]
+                .iter()
+                .collect();
+            bytes.push(u8::from_str_radix(&h, 16).unwrap());
+        } else {
+            bytes.push(c);
+        }
+    }
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, info_hash, "{started}");
+    assert!(
+        lines.iter().any(|l| l.contains("event=stopped")),
+        "no stopped at SIGTERM: {lines:?}"
+    );
+}
