@@ -593,6 +593,13 @@ impl PexSender {
         }
     }
 
+    /// Whether a message may go out at `now` (the interval since the last one has passed), so a
+    /// caller can skip gathering the swarm when it may not.
+    pub fn due(&self, now: Instant) -> bool {
+        self.last_sent
+            .is_none_or(|last| now.saturating_duration_since(last) >= PEX_INTERVAL)
+    }
+
     /// How many addresses the peer was told about and not told were dropped.
     pub fn remembered(&self) -> usize {
         self.sent.len()

@@ -285,6 +285,17 @@ impl Session {
         self.metadata.as_ref().map_or(0, |(_, m)| m.served())
     }
 
+    /// BEP 11: whether [`Session::poll_pex`] could send at `now` (PEX on, the peer supports
+    /// it, the interval passed): the driver gathers the swarm only then.
+    pub fn pex_due(&self, now: Instant) -> bool {
+        self.pex_out.as_ref().is_some_and(|p| p.due(now))
+            && self
+                .peer
+                .as_ref()
+                .and_then(|p| p.ext_handshake())
+                .is_some_and(|h| h.m.get(UT_PEX).is_some_and(|&id| id != 0))
+    }
+
     /// BEP 11: at `now`, given the torrent's connected peers (`swarm`, this peer's own entry
     /// left out by the caller), queues a PEX message when one is due (at most one per
     /// [`ext::PEX_INTERVAL`], only to a peer that supports `ut_pex`, never for a private

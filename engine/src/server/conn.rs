@@ -270,7 +270,7 @@ pub fn tick_sessions(shard: &Shard, now: Instant) {
         }
         // BEP 11: the swarm, as of this tick, to peers that support PEX (the session sends at
         // most one message a minute, never for a private torrent).
-        if let Some(t) = slot.torrent {
+        if let Some(t) = slot.torrent.filter(|_| slot.session.pex_due(now)) {
             let swarm = swarms.entry(t).or_insert_with(|| {
                 let mut v = Vec::new();
                 if let Some(torrent) = shard.torrent(t).filter(|t| !t.private) {
