@@ -73,7 +73,13 @@ struct Candidate {
     state: State,
     failures: u32,
     next_try: Instant,
+    /// When the dial in flight was sent (for [`DIAL_STALE`]).
+    dialed_at: Instant,
 }
+
+/// A dial with no report after this long counts as failed (its report was dropped from a full
+/// event channel, or its shard restarted): a connect takes at most 10 s and a handshake 10 s.
+pub const DIAL_STALE: Duration = Duration::from_secs(120);
 
 #[derive(Debug, Default)]
 struct TorrentPeers {
@@ -155,6 +161,7 @@ impl Dialer {
                 state: State::Idle,
                 failures: 0,
                 next_try: now,
+                dialed_at: now,
             });
         }
     }
@@ -229,6 +236,17 @@ impl Dialer {
         }
         let mut started = 0;
         for tp in self.torrents.values_mut() {
+            for c in tp.peers.values_mut() {
+                if c.state == State::Dialing
+                    && now.saturating_duration_since(c.dialed_at) > DIAL_STALE
+                {
+                    c.state = State::Idle;
+                    c.failures += 1;
+                    c.next_try = now + self.cfg.retry_base;
+                    tp.outgoing = tp.outgoing.saturating_sub(1);
+                    self.outgoing = self.outgoing.saturating_sub(1);
+                }
+            }
             for (addr, c) in tp.peers.iter_mut() {
                 if started >= self.cfg.max_per_tick
                     || self.outgoing >= self.cfg.max_total
@@ -250,6 +268,7 @@ impl Dialer {
                 }
                 self.next_shard = self.next_shard.wrapping_add(1);
                 c.state = State::Dialing;
+                c.dialed_at = now;
                 tp.outgoing += 1;
                 self.outgoing += 1;
                 self.stats.dials += 1;
@@ -335,6 +354,13 @@ mod tests {
         assert_eq!(sent.len(), 3);
         assert!(sent.iter().any(|(s, _)| *s == 0) && sent.iter().any(|(s, _)| *s == 1));
         assert_eq!(d.tick(now), 0, "nothing more while three are out");
+        // No report for the three (dropped events): after DIAL_STALE they count as failed and
+        // are dialed again after the back-off.
+        let later = now + DIAL_STALE + Duration::from_secs(1);
+        assert_eq!(d.tick(later), 1, "the fourth peer, in a freed slot");
+        assert_eq!(d.stats().outgoing, 1);
+        drain(&mut rxs);
+        assert_eq!(d.tick(later + Duration::from_secs(30)), 2);
     }
 
     #[test]
