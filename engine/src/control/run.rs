@@ -16,6 +16,7 @@
 //! resume data and prints the final lines. A second signal exits at once (code 130).
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io::IsTerminal;
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
@@ -176,9 +177,35 @@ pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
         dialer.add_torrent(t.info_hash, t.index);
     }
     let announcer = plan.announcer;
+    // A panic inside the announcer's loop is contained: the announcer is gone (logged), the
+    // shards keep serving. (Each announce already runs as a task of its own, whose panic only
+    // fails that request.)
     let announce_run = async {
         match &announcer {
-            Some(a) => Some(a.run(found_tx, shutdown_rx.clone()).await),
+            Some(a) => {
+                let run = a.run(found_tx, shutdown_rx.clone());
+                let mut run = std::pin::pin!(run);
+                let res = std::future::poll_fn(|cx| {
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        run.as_mut().poll(cx)
+                    })) {
+                        Ok(p) => p.map(Ok),
+                        Err(payload) => std::task::Poll::Ready(Err(
+                            crate::control::supervisor::panic_message(payload.as_ref()),
+                        )),
+                    }
+                })
+                .await;
+                match res {
+                    Ok(report) => Some(report),
+                    Err(msg) => {
+                        eprintln!(
+                            "error: the announcer panicked ({msg}); serving goes on without it"
+                        );
+                        None
+                    }
+                }
+            }
             None => {
                 drop(found_tx);
                 None
