@@ -38,7 +38,14 @@ pub(crate) struct HttpTracker {
     request_timeout: Duration,
     max_redirects: u32,
     user_agent: String,
+    /// Hosts (`host:port`) seen closing a kept-alive connection before answering the next
+    /// request on it: they get `Connection: close`, so no connection to them is pooled.
+    /// At most [`MAX_NO_KEEPALIVE_HOSTS`].
+    no_keepalive: std::sync::Mutex<std::collections::HashSet<String>>,
 }
+
+/// Most hosts remembered as closing kept-alive connections.
+pub const MAX_NO_KEEPALIVE_HOSTS: usize = 1024;
 
 impl HttpTracker {
     pub(crate) fn new(cfg: &ClientConfig) -> std::io::Result<HttpTracker> {
@@ -62,7 +69,27 @@ impl HttpTracker {
             request_timeout: cfg.request_timeout,
             max_redirects: cfg.max_redirects,
             user_agent: cfg.user_agent.clone(),
+            no_keepalive: std::sync::Mutex::new(std::collections::HashSet::new()),
         })
+    }
+
+    fn host_key(uri: &hyper::Uri) -> String {
+        uri.authority()
+            .map_or_else(String::new, |a| a.as_str().to_ascii_lowercase())
+    }
+
+    fn keepalive(&self, uri: &hyper::Uri) -> bool {
+        self.no_keepalive
+            .lock()
+            .map_or(true, |set| !set.contains(&Self::host_key(uri)))
+    }
+
+    fn forget_keepalive(&self, uri: &hyper::Uri) {
+        if let Ok(mut set) = self.no_keepalive.lock() {
+            if set.len() < MAX_NO_KEEPALIVE_HOSTS {
+                set.insert(Self::host_key(uri));
+            }
+        }
     }
 
     pub(crate) async fn announce(
@@ -104,9 +131,11 @@ impl HttpTracker {
         let mut redirects = 0u32;
         loop {
             let make = || {
-                Request::get(uri.clone())
-                    .header(USER_AGENT, self.user_agent.as_str())
-                    .body(Empty::<Bytes>::new())
+                let mut b = Request::get(uri.clone()).header(USER_AGENT, self.user_agent.as_str());
+                if !self.keepalive(&uri) {
+                    b = b.header(hyper::header::CONNECTION, "close");
+                }
+                b.body(Empty::<Bytes>::new())
                     .map_err(|e| TrackerError::BadUrl(format!("{uri}: {e}")))
             };
             let mut res = self.client.request(make()?).await;
@@ -119,6 +148,8 @@ impl HttpTracker {
                 if !res.as_ref().err().is_some_and(closed_before_answer) {
                     break;
                 }
+                // This host closes kept-alive connections: stop pooling them.
+                self.forget_keepalive(&uri);
                 res = self.client.request(make()?).await;
             }
             let resp = res.map_err(|e| {
@@ -272,12 +303,23 @@ fn reference_scheme(r: &str) -> Option<&str> {
 
 /// Reads `body` to its end, keeping at most `cap` bytes: one byte more is
 /// [`TrackerError::TooLarge`] and nothing more is read (the connection is dropped).
-/// The pooled connection was closed by the server before it answered this request.
+/// The connection the request went out on was closed by the server before it answered: an
+/// incomplete message, a cancelled request, or a reset / broken pipe on writing or reading it.
+/// Never a connect error (a tracker that refuses connections is not retried here).
 fn closed_before_answer(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return false;
+    }
     let mut src = std::error::Error::source(e);
     while let Some(s) = src {
         if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            return h.is_incomplete_message() || h.is_canceled();
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+            return matches!(io.kind(), ConnectionReset | BrokenPipe | ConnectionAborted);
         }
         src = s.source();
     }
