@@ -440,6 +440,19 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
         tiers.retain(|t| !t.is_empty());
         tiers
     };
+    // A magnet link with neither a tracker nor our address finds nobody (no DHT yet): say so.
+    if magnet_peers.is_empty() {
+        for l in &loaded {
+            if tiers_of(&l.meta).is_empty() {
+                eprintln!(
+                    "note: {}: its magnet link has no tracker and no address (listening on \
+                     {bound}): pass --tracker URL, or --announce-ip IP for x.pe=, so that a \
+                     client with only the link can find this seeder",
+                    l.meta.name
+                );
+            }
+        }
+    }
     // Printed once the shards serve: `listening:` means ready.
     let mut ready_lines = vec![format!(
         "listening: {bound} ({shards} shard(s), {buffers} buffers and {files_per_shard} open files each, {max_peers} peers max)"
