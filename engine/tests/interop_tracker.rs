@@ -37,37 +37,12 @@ use std::time::{Duration, Instant};
 
 /// Bound on one leecher's download (the driver gives up after it; we wait a little longer).
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(240);
-const MIB: u64 = 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
-// Cases (as interop_seed.rs builds them)
+// Cases: `common::Case` (single_case, tree_case), and what these tests add to it
 // ---------------------------------------------------------------------------------------------
-
-struct Case {
-    dir: tempfile::TempDir,
-    /// the seeder's data dir: content at `data/<name>`
-    data: PathBuf,
-    name: String,
-    /// made by libtorrent: no tracker in it
-    torrent: PathBuf,
-    info_hash: String,
-}
 
 impl Case {
-    fn content(&self) -> PathBuf {
-        self.data.join(&self.name)
-    }
-    fn save_dir(&self, label: &str) -> PathBuf {
-        self.dir.path().join(format!("dl-{label}"))
-    }
-    fn assert_downloaded(&self, save: &Path) {
-        let got = save.join(&self.name);
-        if self.content().is_dir() {
-            assert_same_tree(&self.content(), &got);
-        } else {
-            assert_same_file(&self.content(), &got);
-        }
-    }
     /// As `assert_downloaded`, for transmission 3.00, which never creates a zero-length file
     /// on disk (it only opens a file to write a block into it, and a 0-byte file gets none;
     /// transmission/transmission#417, fixed in 4.1 only): the files it did not create must
@@ -114,41 +89,6 @@ impl Case {
         let out = self.dir.path().join(format!("tracked-{label}.torrent"));
         with_trackers(&self.torrent, &out, urls);
         out
-    }
-}
-
-/// A single file of `mib` MiB (+ 777 bytes: the last piece is short), 256 KiB pieces.
-fn single_case(mib: u64, seed: u64) -> Case {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let name = format!("file-{mib}mib.bin");
-    write_random_file(&data.join(&name), mib * MIB + 777, seed);
-    let torrent = dir.path().join("single.torrent");
-    let info_hash = lt_create(&data.join(&name), &torrent, 256 * 1024);
-    Case {
-        dir,
-        data,
-        name,
-        torrent,
-        info_hash,
-    }
-}
-
-/// `n` files of 0..=48 KiB in nested directories (empty ones included), 64 KiB pieces.
-fn tree_case(n: usize, seed: u64) -> Case {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let name = "tree".to_string();
-    let t = gen_tree(&data.join(&name), n, 48 * 1024, seed);
-    assert_eq!(t.files.len(), n);
-    let torrent = dir.path().join("tree.torrent");
-    let info_hash = lt_create(&data.join(&name), &torrent, 64 * 1024);
-    Case {
-        dir,
-        data,
-        name,
-        torrent,
-        info_hash,
     }
 }
 

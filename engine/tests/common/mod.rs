@@ -945,3 +945,68 @@ pub fn wait_leecher(p: &mut Proc, timeout: Duration) {
         result.as_deref().unwrap_or("(no result line)")
     );
 }
+
+/// A payload for the interop tests: content at `data/<name>`, a torrent made by libtorrent (v1).
+pub struct Case {
+    pub dir: tempfile::TempDir,
+    /// the seeder's data dir: content at `data/<name>`
+    pub data: PathBuf,
+    pub name: String,
+    pub torrent: PathBuf,
+    pub info_hash: String,
+}
+
+impl Case {
+    pub fn content(&self) -> PathBuf {
+        self.data.join(&self.name)
+    }
+    pub fn save_dir(&self, label: &str) -> PathBuf {
+        self.dir.path().join(format!("dl-{label}"))
+    }
+    pub fn assert_downloaded(&self, save: &Path) {
+        let got = save.join(&self.name);
+        if self.content().is_dir() {
+            assert_same_tree(&self.content(), &got);
+        } else {
+            assert_same_file(&self.content(), &got);
+        }
+    }
+}
+
+/// A single file of `mib` MiB (+ 777 bytes: the last piece is short), 256 KiB pieces.
+pub fn single_case(mib: u64, seed: u64) -> Case {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let name = format!("file-{mib}mib.bin");
+    write_random_file(&data.join(&name), mib * MIB + 777, seed);
+    let torrent = dir.path().join("single.torrent");
+    let info_hash = lt_create(&data.join(&name), &torrent, 256 * 1024);
+    Case {
+        dir,
+        data,
+        name,
+        torrent,
+        info_hash,
+    }
+}
+
+/// `n` files of 0..=48 KiB in nested directories (empty ones included), 64 KiB pieces.
+pub fn tree_case(n: usize, seed: u64) -> Case {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let name = "tree".to_string();
+    let t = gen_tree(&data.join(&name), n, 48 * 1024, seed);
+    assert_eq!(t.files.len(), n);
+    let torrent = dir.path().join("tree.torrent");
+    let info_hash = lt_create(&data.join(&name), &torrent, 64 * 1024);
+    Case {
+        dir,
+        data,
+        name,
+        torrent,
+        info_hash,
+    }
+}
+
+/// A mebibyte.
+pub const MIB: u64 = 1024 * 1024;
