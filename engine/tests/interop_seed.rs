@@ -35,38 +35,6 @@ fn our_seeder(case: &Case, nofile: Option<u64>) -> Seeder {
     s
 }
 
-/// SIGTERM stops our seeder cleanly: exit 0 (TEAM.md CLI contract). Real clients are never
-/// dropped for misbehaving: its last line says `0 dropped` (a seeder that counted requests
-/// whose PIECEs were already on their way against `reqq` struck libtorrent leechers out).
-/// Stops the seeder with SIGTERM and checks its last line; returns what it printed on stderr.
-fn stop_our_seeder(mut s: Seeder) -> String {
-    let st = s.proc.terminate(Duration::from_secs(20));
-    match st {
-        Some(st) => assert!(
-            st.success(),
-            "uring-bt seed exited {st} on SIGTERM\n{}",
-            s.proc.logs()
-        ),
-        None => panic!(
-            "uring-bt seed did not stop within 20 s of SIGTERM\n{}",
-            s.proc.logs()
-        ),
-    }
-    let err = s.proc.stderr_text();
-    let Some(stopped) = err.lines().rev().find(|l| l.starts_with("stopped:")) else {
-        panic!(
-            "uring-bt seed printed no `stopped:` line\n{}",
-            s.proc.logs()
-        );
-    };
-    assert!(
-        stopped.contains("; 0 dropped for misbehaving;"),
-        "uring-bt seed dropped real clients as misbehaving: {stopped}\n{}",
-        s.proc.logs()
-    );
-    err
-}
-
 /// The number right before `label` in `line` ("... 12 accept errors ...").
 fn count_before(line: &str, label: &str) -> u64 {
     let at = line

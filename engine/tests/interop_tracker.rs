@@ -394,43 +394,6 @@ fn spawn_ours(torrent: &Path, data: &Path, trackers: &[String], info_hash: &str)
     Seeder { proc, addr }
 }
 
-/// SIGTERM: exit 0 (TEAM.md CLI contract), real clients never dropped as misbehaving.
-fn stop_ours(mut s: Seeder) -> String {
-    let st = s.proc.terminate(Duration::from_secs(20));
-    match st {
-        Some(st) => assert!(
-            st.success(),
-            "uring-bt seed exited {st} on SIGTERM\n{}",
-            s.proc.logs()
-        ),
-        None => panic!(
-            "uring-bt seed did not stop within 20 s of SIGTERM\n{}",
-            s.proc.logs()
-        ),
-    }
-    let err = s.proc.stderr_text();
-    let Some(stopped) = err.lines().rev().find(|l| l.starts_with("stopped:")) else {
-        panic!(
-            "uring-bt seed printed no `stopped:` line\n{}",
-            s.proc.logs()
-        );
-    };
-    // "stopped: 16.0 MiB served to 2 peers; 0 dropped for misbehaving; ..."
-    let label = " dropped for misbehaving";
-    let dropped: u64 = stopped
-        .find(label)
-        .and_then(|at| stopped[..at].split_whitespace().last())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no count of peers dropped for misbehaving in {stopped:?}"));
-    assert_eq!(
-        dropped,
-        0,
-        "uring-bt seed dropped real clients as misbehaving: {stopped}\n{}",
-        s.proc.logs()
-    );
-    err
-}
-
 fn stop_lt(mut s: Seeder) {
     let st = s.proc.terminate(Duration::from_secs(20));
     assert!(st.is_some_and(|s| s.success()), "{}", s.proc.logs());
@@ -874,7 +837,7 @@ fn ours_to_tracker_leechers(case: &Case, tracker: &OpenTracker, announce: &str, 
     let lsave = case.save_dir(&format!("{label}-lt"));
     let l = spawn_driver(Driver::LtTracker, target, &lsave, &[]);
     finish(vec![(tr, tsave), (a, asave), (l, lsave)], case);
-    stop_ours(seeder);
+    stop_our_seeder(seeder);
 }
 
 fn seed_tracker_three_clients(udp: bool, label: &'static str) {
@@ -930,7 +893,7 @@ fn seed_scrape_shows_seeder_until_sigterm() {
         );
         assert_eq!(s.leechers, 0, "{s:?}");
         wait_listed(&tracker, &case.info_hash, &seeder, "uring-bt seed");
-        stop_ours(seeder);
+        stop_our_seeder(seeder);
         // `stopped` is sent during the clean stop: once the process exited it is processed
         // (allow a little for the tracker)
         tracker.wait_scrape(
@@ -1001,7 +964,7 @@ fn seed_magnet_libtorrent_qbittorrent_aria2() {
         &[],
     );
     finish(vec![(l, lsave), (q, qsave), (a, asave)], &case);
-    stop_ours(seeder);
+    stop_our_seeder(seeder);
 }
 
 /// A private torrent made by `uring-bt create --private --tracker URL`: libtorrent downloads
@@ -1049,5 +1012,5 @@ fn seed_private_torrent_via_tracker_no_metadata_no_pex() {
     let save = case.save_dir("lt-private");
     let l = spawn_driver(Driver::LtTracker, private.to_str().unwrap(), &save, &[]);
     finish(vec![(l, save)], &case);
-    stop_ours(seeder);
+    stop_our_seeder(seeder);
 }

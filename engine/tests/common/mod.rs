@@ -1010,3 +1010,41 @@ pub fn tree_case(n: usize, seed: u64) -> Case {
 
 /// A mebibyte.
 pub const MIB: u64 = 1024 * 1024;
+
+/// Stops our seeder with SIGTERM: it must exit 0 (the CLI contract) and its `stopped:` line
+/// must count 0 peers dropped for misbehaving (real clients never are). Returns its stderr.
+pub fn stop_our_seeder(mut s: Seeder) -> String {
+    let st = s.proc.terminate(Duration::from_secs(20));
+    match st {
+        Some(st) => assert!(
+            st.success(),
+            "uring-bt seed exited {st} on SIGTERM\n{}",
+            s.proc.logs()
+        ),
+        None => panic!(
+            "uring-bt seed did not stop within 20 s of SIGTERM\n{}",
+            s.proc.logs()
+        ),
+    }
+    let err = s.proc.stderr_text();
+    let Some(stopped) = err.lines().rev().find(|l| l.starts_with("stopped:")) else {
+        panic!(
+            "uring-bt seed printed no `stopped:` line\n{}",
+            s.proc.logs()
+        );
+    };
+    // "stopped: 16.0 MiB served to 2 peers; 0 dropped for misbehaving; ..."
+    let label = " dropped for misbehaving";
+    let dropped: u64 = stopped
+        .find(label)
+        .and_then(|at| stopped[..at].split_whitespace().last())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of peers dropped for misbehaving in {stopped:?}"));
+    assert_eq!(
+        dropped,
+        0,
+        "uring-bt seed dropped real clients as misbehaving: {stopped}\n{}",
+        s.proc.logs()
+    );
+    err
+}
