@@ -364,6 +364,47 @@ pub struct Peer {
     /// The peer's extension handshake, once received.
     ext: Option<ExtHandshake>,
     stats: PeerStats,
+    /// Downloading: our requests to the peer not yet answered, oldest first (bounded by
+    /// [`MAX_OUR_REQUESTS`]).
+    ours: VecDeque<BlockRef>,
+    /// Downloading: what the driver's piece picker must hear, drained by the driver after each
+    /// message ([`Peer::take_events`]); off while we are a seed.
+    events: Vec<PeerEvent>,
+    /// BEP 6: pieces the peer lets us request while it chokes us (at most
+    /// [`MAX_ALLOWED_FAST`]).
+    allowed_fast: Vec<u32>,
+}
+
+/// Most requests we keep outstanding at one peer (our pipeline's ceiling).
+pub const MAX_OUR_REQUESTS: usize = 512;
+/// Most ALLOWED FAST pieces remembered per peer (BEP 6 suggests 10).
+pub const MAX_ALLOWED_FAST: usize = 32;
+
+/// What a peer told us that matters to a download (the driver feeds it to its piece picker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEvent {
+    /// HAVE: the peer has one more piece.
+    Have(u32),
+    /// A BITFIELD with some pieces (read it with [`Peer::peer_bits`]).
+    Bitfield,
+    /// HAVE ALL, or a full BITFIELD, or the HAVEs that completed it: the peer is a seed.
+    Seed,
+    /// A later BITFIELD / HAVE ALL / HAVE NONE replaces what the peer said before: forget
+    /// these pieces (`bits`) or that it was a seed.
+    Lost { bits: Option<Vec<u8>>, seed: bool },
+    /// The peer unchoked us: requests may go out.
+    Unchoked,
+    /// The peer choked us.
+    Choked,
+    /// A request of ours will not be answered (REJECT; a CHOKE without FAST; timed out):
+    /// the block goes back to the picker.
+    Abandoned(BlockRef),
+    /// The PIECE for one of our requests arrived.
+    Block(BlockRef),
+    /// A PIECE we did not ask for (or no longer wait for): its data is ignored.
+    Unrequested(BlockRef),
+    /// ALLOWED FAST for a piece.
+    AllowedFast(u32),
 }
 
 impl Peer {
@@ -385,6 +426,105 @@ impl Peer {
             choked_requests: 0,
             ext: None,
             stats: PeerStats::default(),
+            ours: VecDeque::new(),
+            events: Vec::new(),
+            allowed_fast: Vec::new(),
+        }
+    }
+
+    fn event(&mut self, e: PeerEvent) {
+        if !self.we_are_seed {
+            self.events.push(e);
+        }
+    }
+
+    /// What the peer told us since the last call that a download must hear (empty while we
+    /// are a seed). Bounded by what one `receive` decodes.
+    pub fn take_events(&mut self, out: &mut Vec<PeerEvent>) {
+        out.append(&mut self.events);
+    }
+
+    /// The peer's pieces as a BEP 3 bitfield, when it sent one (not a seed, some pieces).
+    pub fn peer_bits(&self) -> Option<&[u8]> {
+        self.pieces.as_ref().map(|p| p.bits.as_slice())
+    }
+
+    /// Events are waiting for [`Peer::take_events`].
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
+    }
+
+    /// Our requests to the peer not yet answered.
+    pub fn our_requests(&self) -> usize {
+        self.ours.len()
+    }
+
+    /// Whether we may send requests for `piece` now: the peer unchokes us, or it allowed that
+    /// piece fast (BEP 6).
+    pub fn may_request(&self, piece: u32) -> bool {
+        !self.peer_choking || self.allowed_fast.contains(&piece)
+    }
+
+    /// Queue our REQUEST for `b` (downloading). Returns false (nothing sent) when the
+    /// pipeline is at [`MAX_OUR_REQUESTS`], we are a seed, or the block is not valid for the
+    /// torrent.
+    pub fn request(&mut self, b: BlockRef, out: &mut Actions) -> bool {
+        if self.we_are_seed
+            || self.ours.len() >= MAX_OUR_REQUESTS
+            || self.cfg.check_block(&b).is_err()
+        {
+            return false;
+        }
+        self.ours.push_back(b);
+        out.push(Action::Send(OwnedMessage::Request(b)));
+        true
+    }
+
+    /// Withdraw our request for `b` (another peer delivered it first, in endgame): CANCEL.
+    /// With FAST the peer may still answer it (PIECE or REJECT): either is then unrequested.
+    pub fn cancel(&mut self, b: BlockRef, out: &mut Actions) -> bool {
+        match self.ours.iter().position(|x| *x == b) {
+            Some(i) => {
+                self.ours.remove(i);
+                out.push(Action::Send(OwnedMessage::Cancel(b)));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Withdraw every request of ours for blocks of `piece` (we have it now): CANCEL each.
+    pub fn cancel_piece(&mut self, piece: u32, out: &mut Actions) -> usize {
+        let before = self.ours.len();
+        let mut i = 0;
+        while i < self.ours.len() {
+            if self.ours[i].piece == piece {
+                if let Some(b) = self.ours.remove(i) {
+                    out.push(Action::Send(OwnedMessage::Cancel(b)));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        before - self.ours.len()
+    }
+
+    /// Give up every request still outstanding (the peer is snubbing us, or we are done):
+    /// each comes back as [`PeerEvent::Abandoned`].
+    pub fn abandon_requests(&mut self) {
+        while let Some(b) = self.ours.pop_front() {
+            self.events.push(PeerEvent::Abandoned(b));
+        }
+    }
+
+    fn on_piece(&mut self, b: BlockRef) {
+        // Peers answer in order: the match is nearly always the front.
+        match self.ours.iter().position(|x| *x == b) {
+            Some(i) => {
+                self.ours.remove(i);
+                self.events.push(PeerEvent::Block(b));
+            }
+            None => self.events.push(PeerEvent::Unrequested(b)),
         }
     }
 
@@ -436,9 +576,24 @@ impl Peer {
         match *msg {
             Message::KeepAlive | Message::Port(_) | Message::Unknown { .. } => {}
             Message::Choke => {
-                self.peer_choking = true;
+                if !self.peer_choking {
+                    self.peer_choking = true;
+                    self.event(PeerEvent::Choked);
+                }
+                // BEP 3: a CHOKE drops our requests. With FAST they stay until answered (PIECE
+                // or REJECT); a peer that never answers is handled by the request timeout.
+                if !self.fast {
+                    while let Some(b) = self.ours.pop_front() {
+                        self.events.push(PeerEvent::Abandoned(b));
+                    }
+                }
             }
-            Message::Unchoke => self.peer_choking = false,
+            Message::Unchoke => {
+                if self.peer_choking {
+                    self.peer_choking = false;
+                    self.event(PeerEvent::Unchoked);
+                }
+            }
             Message::Interested => self.peer_interested = true,
             Message::NotInterested => self.peer_interested = false,
             Message::Have(p) => {
@@ -452,8 +607,16 @@ impl Peer {
                         bits: vec![0; n],
                         count: 0,
                     });
-                    if pieces.set(p) && pieces.count == self.cfg.num_pieces {
-                        self.became_seed(out);
+                    if pieces.set(p) {
+                        if pieces.count == self.cfg.num_pieces {
+                            // The picker counted its pieces one by one: trade them for a seed.
+                            let bits = self.pieces.as_ref().map(|x| x.bits.clone());
+                            self.event(PeerEvent::Lost { bits, seed: false });
+                            self.became_seed(out);
+                            self.event(PeerEvent::Seed);
+                        } else {
+                            self.event(PeerEvent::Have(p));
+                        }
                     }
                 }
             }
@@ -472,11 +635,13 @@ impl Peer {
                 let count: u32 = bits.iter().map(|b| b.count_ones()).sum();
                 if count == self.cfg.num_pieces {
                     self.became_seed(out);
+                    self.event(PeerEvent::Seed);
                 } else if count > 0 {
                     self.pieces = Some(PeerPieces {
                         bits: bits.to_vec(),
                         count,
                     });
+                    self.event(PeerEvent::Bitfield);
                 }
             }
             Message::HaveAll => {
@@ -484,6 +649,7 @@ impl Peer {
                     return;
                 }
                 self.became_seed(out);
+                self.event(PeerEvent::Seed);
             }
             Message::HaveNone => {
                 if !self.fast_ok(crate::wire::id::HAVE_NONE, out) || !self.initial_ok(out) {
@@ -502,14 +668,44 @@ impl Peer {
                 }
                 // Not queued: already served, in flight (its PIECE answers it), or never asked.
             }
-            Message::Piece { .. } => {
-                // We request nothing while seeding: unsolicited data is ignored.
+            Message::Piece { piece, begin, data } => {
+                let b = BlockRef {
+                    piece,
+                    begin,
+                    len: data.len() as u32,
+                };
+                // While seeding we request nothing: any data is unrequested.
+                self.on_piece(b);
+                if self.we_are_seed {
+                    self.events.clear();
+                }
             }
-            Message::Suggest(_) | Message::AllowedFast(_) | Message::Reject(_) => {
+            Message::Reject(b) => {
+                if !self.fast_ok(crate::wire::id::REJECT, out) {
+                    return;
+                }
+                if let Some(i) = self.ours.iter().position(|x| *x == b) {
+                    self.ours.remove(i);
+                    self.event(PeerEvent::Abandoned(b));
+                }
+            }
+            Message::AllowedFast(p) => {
+                if !self.fast_ok(crate::wire::id::ALLOWED_FAST, out) {
+                    return;
+                }
+                if p < self.cfg.num_pieces
+                    && self.allowed_fast.len() < MAX_ALLOWED_FAST
+                    && !self.allowed_fast.contains(&p)
+                {
+                    self.allowed_fast.push(p);
+                    self.event(PeerEvent::AllowedFast(p));
+                }
+            }
+            Message::Suggest(_) => {
                 if let Some(id) = msg.id() {
                     self.fast_ok(id, out);
                 }
-                // We make no requests as a seed: nothing else to do.
+                // SUGGEST is advice: rarest first decides.
             }
             Message::Extended { id, payload } => {
                 if id == EXTENDED_HANDSHAKE_ID {
@@ -530,8 +726,15 @@ impl Peer {
     fn initial_ok(&mut self, _out: &mut Actions) -> bool {
         if self.got_bitfield {
             self.stats.bitfields_replaced = self.stats.bitfields_replaced.saturating_add(1);
+            let was_seed = self.peer_seed;
+            let bits = self.pieces.take().map(|p| p.bits);
+            if was_seed || bits.is_some() {
+                self.event(PeerEvent::Lost {
+                    bits,
+                    seed: was_seed,
+                });
+            }
             self.peer_seed = false;
-            self.pieces = None;
         }
         self.got_bitfield = true;
         true
@@ -639,8 +842,10 @@ impl Peer {
             out.push(Action::Send(OwnedMessage::Have(p)));
         }
         if now_seed && !self.we_are_seed {
-            self.we_are_seed = true;
             self.set_interested(false, out);
+            self.we_are_seed = true;
+            self.ours.clear();
+            self.events.clear();
             // We are a seed now: never interested again.
             if self.peer_seed {
                 out.push(Action::Disconnect(DisconnectReason::BothSeeds));
@@ -840,6 +1045,154 @@ mod tests {
         p.set_choked(false, &mut out);
         out.clear();
         (p, out)
+    }
+
+    /// A leeching peer (we lack pieces), FAST as given.
+    fn leeching(fast: bool) -> (Peer, Actions) {
+        let mut p = Peer::new(cfg(), false, fast);
+        let mut out = Actions::new();
+        p.start_with_have(&[], &mut out);
+        out.clear();
+        (p, out)
+    }
+
+    fn events(p: &mut Peer) -> Vec<PeerEvent> {
+        let mut v = Vec::new();
+        p.take_events(&mut v);
+        v
+    }
+
+    #[test]
+    fn download_events_follow_availability_and_replacements() {
+        let (mut p, mut out) = leeching(true);
+        p.on_message(&Message::Bitfield(&[0b1010_0000, 0]), &mut out);
+        p.on_message(&Message::Have(1), &mut out);
+        p.on_message(&Message::Have(1), &mut out); // repeated: no event
+        assert_eq!(
+            events(&mut p),
+            vec![PeerEvent::Bitfield, PeerEvent::Have(1)]
+        );
+        // A second bitfield (aria2) replaces the first: the old bits are given back.
+        p.on_message(&Message::HaveAll, &mut out);
+        assert_eq!(
+            events(&mut p),
+            vec![
+                PeerEvent::Lost {
+                    bits: Some(vec![0b1110_0000, 0]),
+                    seed: false
+                },
+                PeerEvent::Seed
+            ]
+        );
+        // HAVEs that complete the set trade the counted bits for a seed.
+        let (mut q, mut out) = leeching(false);
+        for i in 0..10 {
+            q.on_message(&Message::Have(i), &mut out);
+        }
+        let ev = events(&mut q);
+        assert_eq!(ev.len(), 9 + 2, "{ev:?}");
+        assert!(matches!(
+            ev[9],
+            PeerEvent::Lost {
+                bits: Some(_),
+                seed: false
+            }
+        ));
+        assert!(q.peer_is_seed());
+    }
+
+    #[test]
+    fn our_requests_are_tracked_answered_rejected_and_dropped_on_choke() {
+        let (mut p, mut out) = leeching(true);
+        p.on_message(&Message::Unchoke, &mut out);
+        assert_eq!(events(&mut p), vec![PeerEvent::Unchoked]);
+        let (a, b, c) = (blk(0, 0, 16384), blk(0, 16384, 16384), blk(9, 0, 16384));
+        assert!(p.request(a, &mut out) && p.request(b, &mut out) && p.request(c, &mut out));
+        assert!(
+            !p.request(blk(9, 16384, 16384), &mut out),
+            "past the last piece's end"
+        );
+        assert_eq!(
+            sends(&mut out),
+            vec![
+                OwnedMessage::Request(a),
+                OwnedMessage::Request(b),
+                OwnedMessage::Request(c)
+            ]
+        );
+        let data = vec![7u8; 16384];
+        p.on_message(
+            &Message::Piece {
+                piece: 0,
+                begin: 0,
+                data: &data,
+            },
+            &mut out,
+        );
+        p.on_message(
+            &Message::Piece {
+                piece: 0,
+                begin: 0,
+                data: &data,
+            },
+            &mut out,
+        );
+        assert_eq!(
+            events(&mut p),
+            vec![PeerEvent::Block(a), PeerEvent::Unrequested(a)]
+        );
+        p.on_message(&Message::Reject(b), &mut out);
+        assert_eq!(events(&mut p), vec![PeerEvent::Abandoned(b)]);
+        // With FAST a CHOKE keeps our requests (they will be answered or rejected)...
+        p.on_message(&Message::Choke, &mut out);
+        assert_eq!(events(&mut p), vec![PeerEvent::Choked]);
+        assert_eq!(p.our_requests(), 1);
+        // ...without FAST it drops them.
+        let (mut q, mut out) = leeching(false);
+        q.on_message(&Message::Unchoke, &mut out);
+        assert!(q.request(a, &mut out) && q.request(b, &mut out));
+        q.on_message(&Message::Choke, &mut out);
+        let ev = events(&mut q);
+        assert!(ev.contains(&PeerEvent::Abandoned(a)) && ev.contains(&PeerEvent::Abandoned(b)));
+        assert_eq!(q.our_requests(), 0);
+        // REJECT without FAST is a protocol violation.
+        q.on_message(&Message::Reject(a), &mut out);
+        assert!(out.wants_disconnect());
+    }
+
+    #[test]
+    fn pipeline_is_bounded_and_cancel_and_completion_clear_it() {
+        let mut p = Peer::new(PeerConfig::new(4096, 1 << 20, 1 << 20, 8), false, true);
+        let mut out = Actions::new();
+        let mut sent = 0;
+        for i in 0..(MAX_OUR_REQUESTS as u32 + 10) {
+            if p.request(blk(i / 64, (i % 64) * 16384, 16384), &mut out) {
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, MAX_OUR_REQUESTS);
+        assert!(p.cancel(blk(0, 0, 16384), &mut out));
+        assert!(!p.cancel(blk(0, 0, 16384), &mut out), "cancelled once");
+        assert_eq!(p.cancel_piece(1, &mut out), 64);
+        out.clear();
+        p.on_we_have(5, true, &mut out);
+        assert_eq!(p.our_requests(), 0);
+        assert!(
+            !p.request(blk(7, 0, 16384), &mut out),
+            "a seed requests nothing"
+        );
+        assert!(events(&mut p).is_empty());
+    }
+
+    #[test]
+    fn allowed_fast_is_bounded_and_lets_us_request_while_choked() {
+        let (mut p, mut out) = leeching(true);
+        assert!(!p.may_request(3));
+        p.on_message(&Message::AllowedFast(3), &mut out);
+        p.on_message(&Message::AllowedFast(99), &mut out); // out of range: ignored
+        assert!(p.may_request(3) && !p.may_request(4));
+        assert_eq!(events(&mut p), vec![PeerEvent::AllowedFast(3)]);
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -33,7 +33,9 @@ use crate::ext::{
     self, MetadataAnswer, MetadataMsg, MetadataServer, PexReceiver, PexSender, OUR_UT_METADATA_ID,
     OUR_UT_PEX_ID, PEX_MAX_REMEMBERED, UT_METADATA, UT_PEX,
 };
-use crate::peer::{Action, Actions, DisconnectReason, Peer, PeerConfig};
+use crate::peer::{
+    Action, Actions, DisconnectReason, Peer, PeerConfig, PeerEvent, MAX_OUR_REQUESTS,
+};
 use crate::wire::{
     self, BlockRef, ExtHandshake, Handshake, Message, WireError, BLOCK_SIZE, HANDSHAKE_LEN,
     MAX_MESSAGE_LEN, OUR_RESERVED,
@@ -105,8 +107,11 @@ impl SessionConfig {
                 .as_secs()
                 .div_ceil(ext::PEX_INTERVAL.as_secs()) as usize
                 + 1);
+        // Downloading: one fill of our pipeline (REQUESTs) and as many CANCELs; requests are
+        // not queued while the queue is at its mark (see `Session::request`).
+        let ours = 2 * 17 * MAX_OUR_REQUESTS + 2 * 5;
         let while_paused =
-            17 * (self.reqq as usize + self.max_in_flight as usize) + 5 * toggles + pex;
+            17 * (self.reqq as usize + self.max_in_flight as usize) + 5 * toggles + pex + ours;
         let opening =
             HANDSHAKE_LEN + 5 + (num_pieces as usize).div_ceil(8) + 160 + self.client.len();
         self.out_high_water + MAX_METADATA_REPLY + while_paused.max(opening)
@@ -157,6 +162,8 @@ pub enum CloseReason {
     WrongInfoHash,
     #[error("connected to ourselves")]
     SelfConnection,
+    #[error("banned: it sent data that failed the hash check")]
+    Banned,
 }
 
 impl CloseReason {
@@ -164,7 +171,7 @@ impl CloseReason {
     pub fn is_misbehaviour(&self) -> bool {
         match self {
             CloseReason::Peer(r) => r.is_misbehaviour(),
-            CloseReason::Wire(_) | CloseReason::WriteStalled(_) => true,
+            CloseReason::Wire(_) | CloseReason::WriteStalled(_) | CloseReason::Banned => true,
             _ => false,
         }
     }
@@ -195,6 +202,12 @@ pub struct Received {
     /// Decoding stopped at the control queue's high-water mark: read no more from the socket
     /// until the writer has drained it ([`Session::wants_input`]).
     pub paused: bool,
+    /// Decoding stopped right after the PIECE for one of our requests: the block, and where its
+    /// data starts in the buffer given to [`Session::receive`] (`block.len` bytes). The driver
+    /// takes the data before it drops the consumed bytes.
+    pub block: Option<(BlockRef, usize)>,
+    /// Events for the download were queued ([`Session::take_events`]).
+    pub events: bool,
 }
 
 /// One connection's protocol state.
@@ -223,6 +236,8 @@ pub struct Session {
     /// PEX messages received and decoded (the peers in them are used when downloading).
     pex_received: u64,
     scratch: Vec<u8>,
+    /// Downloading: when the last PIECE we asked for arrived (or the first request went out).
+    last_block: Instant,
 }
 
 impl Session {
@@ -247,6 +262,7 @@ impl Session {
             pex_in: PexReceiver::new(),
             pex_received: 0,
             scratch: Vec::new(),
+            last_block: now,
         }
     }
 
@@ -394,11 +410,27 @@ impl Session {
             }
             match wire::decode(&buf[r.consumed..], self.max_len) {
                 Ok(Some((msg, n))) => {
+                    let start = r.consumed;
                     r.consumed += n;
                     let was_interested = peer.is_interested();
+                    let had = peer.our_requests();
                     peer.on_message(&msg, &mut self.actions);
                     r.interest_changed |= peer.is_interested() != was_interested;
                     apply(&mut self.actions, &mut self.out, &mut r)?;
+                    r.events |= peer.has_events();
+                    if let Message::Piece { piece, begin, data } = msg {
+                        if peer.our_requests() < had {
+                            // Ours: hand the data to the driver before decoding on.
+                            self.last_block = self.last_recv;
+                            let b = BlockRef {
+                                piece,
+                                begin,
+                                len: data.len() as u32,
+                            };
+                            r.block = Some((b, start + n - data.len()));
+                            break;
+                        }
+                    }
                     if let Message::Extended { id, payload } = msg {
                         if id == OUR_UT_METADATA_ID {
                             r.wake |= on_metadata(peer, &mut self.metadata, payload, &mut self.out);
@@ -505,6 +537,100 @@ impl Session {
     /// The next request to serve (see [`Peer::take_request`]).
     pub fn take_request(&mut self) -> Option<BlockRef> {
         self.peer.as_mut()?.take_request()
+    }
+
+    /// Downloading: what the peer told us that the picker must hear (see [`PeerEvent`]).
+    pub fn take_events(&mut self, out: &mut Vec<PeerEvent>) {
+        if let Some(p) = self.peer.as_mut() {
+            p.take_events(out);
+        }
+    }
+
+    /// Downloading: queue REQUESTs for `blocks` (in order), as many as the pipeline ceiling
+    /// allows and never while the control queue is at its high-water mark (a peer that sends
+    /// data but reads nothing cannot make us queue requests without bound). Returns how many
+    /// were queued; the rest are the caller's to give back to its picker.
+    pub fn request(&mut self, blocks: &[BlockRef]) -> usize {
+        let Some(p) = self.peer.as_mut() else {
+            return 0;
+        };
+        if p.our_requests() == 0 {
+            // The request timeout counts from the first request of a pipeline.
+            self.last_block = self.last_recv.max(self.last_send);
+        }
+        let mut n = 0;
+        for b in blocks {
+            if self.out.len() >= self.cfg.out_high_water || !p.request(*b, &mut self.actions) {
+                break;
+            }
+            n += 1;
+        }
+        let mut r = Received::default();
+        let _ = apply(&mut self.actions, &mut self.out, &mut r);
+        n
+    }
+
+    /// Downloading: withdraw our request for `b` (CANCEL). Returns true when control bytes
+    /// were queued.
+    pub fn cancel(&mut self, b: BlockRef) -> bool {
+        let Some(p) = self.peer.as_mut() else {
+            return false;
+        };
+        let sent = p.cancel(b, &mut self.actions);
+        let mut r = Received::default();
+        let _ = apply(&mut self.actions, &mut self.out, &mut r);
+        sent
+    }
+
+    /// Downloading: withdraw our requests for blocks of `piece` (we have it now). Returns
+    /// true when control bytes were queued.
+    pub fn cancel_piece(&mut self, piece: u32) -> bool {
+        let Some(p) = self.peer.as_mut() else {
+            return false;
+        };
+        let n = p.cancel_piece(piece, &mut self.actions);
+        let mut r = Received::default();
+        let _ = apply(&mut self.actions, &mut self.out, &mut r);
+        n > 0
+    }
+
+    /// Downloading: our interest in the peer. Returns true when control bytes were queued.
+    pub fn set_interested(&mut self, interested: bool) -> bool {
+        let Some(p) = self.peer.as_mut() else {
+            return false;
+        };
+        p.set_interested(interested, &mut self.actions);
+        let mut r = Received::default();
+        let _ = apply(&mut self.actions, &mut self.out, &mut r);
+        r.wake
+    }
+
+    /// Downloading: we completed piece `p` (HAVE unless the peer has it); `now_seed`: it was
+    /// the last one. `Err`: close (both of us are seeds now). `Ok(true)`: bytes queued.
+    pub fn on_we_have(&mut self, piece: u32, now_seed: bool) -> Result<bool, CloseReason> {
+        let Some(p) = self.peer.as_mut() else {
+            return Ok(false);
+        };
+        p.on_we_have(piece, now_seed, &mut self.actions);
+        let mut r = Received::default();
+        apply(&mut self.actions, &mut self.out, &mut r)?;
+        Ok(r.wake)
+    }
+
+    /// Downloading, at `now`: when no block we asked for arrived for `snub` while requests
+    /// were outstanding, the peer is snubbing us (or lost a request, as transmission 3.00
+    /// sometimes does): every request is abandoned (they come back as events, for other peers
+    /// or a new try) and true is returned.
+    pub fn check_requests(&mut self, now: Instant, snub: Duration) -> bool {
+        let Some(p) = self.peer.as_mut() else {
+            return false;
+        };
+        if p.our_requests() == 0 || now.saturating_duration_since(self.last_block) < snub {
+            return false;
+        }
+        p.abandon_requests();
+        self.last_block = now;
+        true
     }
 
     /// The PIECE for `b` was handed to the socket.
@@ -688,6 +814,100 @@ mod tests {
         assert_eq!(s.phase(), Phase::AwaitTorrent);
         s.attach(&view(), &[]);
         s
+    }
+
+    fn leech_view() -> TorrentView {
+        TorrentView {
+            seed: false,
+            ..view()
+        }
+    }
+
+    #[test]
+    fn a_piece_we_asked_for_stops_decoding_with_its_data_offset() {
+        let t0 = Instant::now();
+        let mut s = Session::new(SessionConfig::new([1; 20], 6881, 50), None, t0);
+        s.receive(&their_handshake(true)).unwrap();
+        s.attach(&leech_view(), &[]);
+        let mut ctrl = Vec::new();
+        s.take_control(&mut ctrl);
+        let b = BlockRef {
+            piece: 1,
+            begin: 0,
+            len: 100,
+        };
+        let mut input = Vec::new();
+        wire::encode(&Message::Unchoke, &mut input);
+        let mut ev = Vec::new();
+        let r = s.receive(&input).unwrap();
+        assert!(r.events && r.block.is_none());
+        s.take_events(&mut ev);
+        assert_eq!(ev, vec![PeerEvent::Unchoked]);
+        assert_eq!(s.request(&[b]), 1);
+        let mut input = Vec::new();
+        let data: Vec<u8> = (0..100u8).collect();
+        wire::encode(
+            &Message::Piece {
+                piece: 1,
+                begin: 0,
+                data: &data,
+            },
+            &mut input,
+        );
+        wire::encode(&Message::Have(2), &mut input);
+        let r = s.receive(&input).unwrap();
+        let (got, off) = r.block.expect("the block");
+        assert_eq!(got, b);
+        assert_eq!(&input[off..off + 100], &data[..]);
+        assert_eq!(r.consumed, 4 + 9 + 100, "stops right after the PIECE");
+        let r2 = s.receive(&input[r.consumed..]).unwrap();
+        assert!(r2.block.is_none() && r2.events);
+    }
+
+    #[test]
+    fn requests_wait_while_the_control_queue_is_at_its_mark() {
+        let t0 = Instant::now();
+        let mut cfg = SessionConfig::new([1; 20], 6881, 50);
+        cfg.out_high_water = 64;
+        let mut s = Session::new(cfg, None, t0);
+        s.receive(&their_handshake(true)).unwrap();
+        s.attach(&leech_view(), &[]);
+        // The opening alone is above 64 bytes: nothing may be requested until it is written.
+        let blocks: Vec<BlockRef> = (0..4)
+            .map(|i| BlockRef {
+                piece: 0,
+                begin: i * 16384,
+                len: 16384,
+            })
+            .collect();
+        assert_eq!(s.request(&blocks), 0);
+        let mut ctrl = Vec::new();
+        s.take_control(&mut ctrl);
+        let n = s.request(&blocks);
+        assert!((1..4).contains(&n), "stops at the mark: {n}");
+        assert!(s.control_len() <= 64 + 17);
+    }
+
+    #[test]
+    fn a_peer_sending_nothing_we_asked_for_is_snubbed_and_its_requests_come_back() {
+        let t0 = Instant::now();
+        let mut s = Session::new(SessionConfig::new([1; 20], 6881, 50), None, t0);
+        s.receive(&their_handshake(true)).unwrap();
+        s.attach(&leech_view(), &[]);
+        let mut ctrl = Vec::new();
+        s.take_control(&mut ctrl);
+        let b = BlockRef {
+            piece: 0,
+            begin: 0,
+            len: 16384,
+        };
+        assert_eq!(s.request(&[b]), 1);
+        assert!(!s.check_requests(t0 + Duration::from_secs(5), Duration::from_secs(20)));
+        assert!(s.check_requests(t0 + Duration::from_secs(21), Duration::from_secs(20)));
+        let mut ev = Vec::new();
+        s.take_events(&mut ev);
+        assert_eq!(ev, vec![PeerEvent::Abandoned(b)]);
+        assert!(!s.check_requests(t0 + Duration::from_secs(60), Duration::from_secs(20)));
     }
 
     #[test]
