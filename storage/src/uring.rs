@@ -320,6 +320,17 @@ impl UringStore {
         TorrentId((t.len() - 1) as u32)
     }
 
+    /// Switches torrent `t` between read-write (downloading) and read-only (seeding) and
+    /// closes its idle files, so they are opened again in the new mode on their next use.
+    /// Returns how many stayed open because they are busy (they keep their old mode until
+    /// evicted).
+    pub fn set_writable(&self, t: TorrentId, writable: bool) -> usize {
+        if let Some(e) = self.inner.torrents.borrow_mut().get_mut(t.0 as usize) {
+            e.writable = writable;
+        }
+        self.close_files(t)
+    }
+
     /// Closes the files of torrent `t` that have nothing in flight (e.g. before a recheck or
     /// after the torrent was removed). Returns how many stayed open because they are busy.
     pub fn close_files(&self, t: TorrentId) -> usize {
