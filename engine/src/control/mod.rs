@@ -10,6 +10,7 @@
 
 pub mod announce;
 pub mod dialer;
+pub mod metadata;
 pub mod run;
 pub mod status;
 pub mod supervisor;
