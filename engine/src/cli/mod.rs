@@ -19,6 +19,7 @@
 
 mod common;
 mod create;
+pub mod download;
 mod info;
 pub mod seed;
 mod verify;
@@ -75,15 +76,31 @@ enum Command {
     Verify(VerifyArgs),
     /// Seed torrents to peers (thread-per-core, io_uring).
     Seed(Box<crate::cli::seed::SeedArgs>),
-    /// Measure throughput against this machine's limits.
+    /// Download a torrent (.torrent or magnet link) from peers, then stop or seed on.
+    Download(Box<crate::cli::download::DownloadArgs>),
+    /// Measure throughput against this machine's limits (no subcommand: hash, disk and net in
+    /// turn, one table beside openssl and iperf3).
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchArgs {
     #[command(subcommand)]
-    Bench(BenchCommand),
+    command: Option<BenchCommand>,
+    #[command(flatten)]
+    all: crate::bench::BenchAllArgs,
 }
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Read a file block by block through the storage engine (io_uring) and report MB/s.
     Disk(crate::bench::disk::BenchDiskArgs),
+    /// SHA-1 throughput on one core and all, single stream and sixteen lanes, beside openssl.
+    Hash(crate::bench::hash::BenchHashArgs),
+    /// The ceiling of the network send path: MB/s and CPU-s per GiB of six ways to send a
+    /// cached file's blocks, beside iperf3 (loopback, or --to a `bench net --serve`).
+    Net(crate::bench::net::BenchNetArgs),
 }
 
 /// Diagnostics (`tracing` events) go to stderr, filtered by `RUST_LOG` (default: warnings and
@@ -159,7 +176,13 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
         Command::Info(a) => info_cmd(a),
         Command::Verify(a) => verify_cmd(a),
         Command::Seed(a) => Ok(crate::cli::seed::run(*a)?),
-        Command::Bench(BenchCommand::Disk(a)) => Ok(crate::bench::disk::run_disk(a)?),
+        Command::Download(a) => Ok(crate::cli::download::run(*a)?),
+        Command::Bench(b) => match b.command {
+            Some(BenchCommand::Disk(a)) => Ok(crate::bench::disk::run_disk(a)?),
+            Some(BenchCommand::Hash(a)) => Ok(crate::bench::hash::run_hash(a)?),
+            Some(BenchCommand::Net(a)) => Ok(crate::bench::net::run_net(a)?),
+            None => Ok(crate::bench::run_all(b.all)?),
+        },
     }
 }
 

@@ -154,7 +154,7 @@ pub struct SeedArgs {
 }
 
 /// Our peer id: Azureus style `-UB0100-` and 12 random alphanumerics.
-fn make_peer_id() -> [u8; 20] {
+pub(crate) fn make_peer_id() -> [u8; 20] {
     let mut id = *b"-UB0100-000000000000";
     let mut rnd = [0u8; 12];
     let ok = std::fs::File::open("/dev/urandom")
@@ -414,6 +414,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
             batch: args.batch,
             coalesce: args.coalesce,
             max_half_open: 16,
+            download: Default::default(),
         };
         shard_plans.push((cfg, listener));
     }
@@ -536,6 +537,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
             grace: stop_timeout,
             status_interval: Duration::from_secs(args.status_interval.max(1)),
             ready_lines,
+            download: None,
         })
         .await
     })?;
@@ -552,7 +554,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     let dropped = sum(|s| s.peers_dropped.load(Ordering::Relaxed));
     eprintln!("{}", registry.server.summary());
     match ended {
-        Ended::GaveUp(msg) => {
+        Ended::GaveUp(msg) | Ended::DownloadFailed(msg) => {
             eprintln!(
                 "stopped: {} served to {peers} peers; gave up: {msg}",
                 human_bytes(total)

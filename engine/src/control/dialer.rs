@@ -87,6 +87,8 @@ struct TorrentPeers {
     peers: HashMap<SocketAddr, Candidate>,
     /// Dialing or connected.
     outgoing: usize,
+    /// The shard that dials for it (a download's home), else round-robin.
+    home: Option<usize>,
 }
 
 /// Counters for the status line.
@@ -142,6 +144,17 @@ impl Dialer {
             o.port() == a.port()
                 && (o.ip() == a.ip() || a.ip().is_loopback() || o.ip().is_unspecified())
         })
+    }
+
+    /// Dials for torrent `index` go to shard `shard` only (the home of its download).
+    pub fn set_home(&mut self, index: usize, shard: usize) {
+        if let Some(tp) = self
+            .by_index
+            .get(&index)
+            .and_then(|ih| self.torrents.get_mut(ih))
+        {
+            tp.home = Some(shard);
+        }
     }
 
     /// Peers a tracker (or PEX) returned.
@@ -257,7 +270,10 @@ impl Dialer {
                 if c.state != State::Idle || c.next_try > now {
                     continue;
                 }
-                let shard = self.next_shard % links.len();
+                let shard = match tp.home {
+                    Some(h) if h < links.len() => h,
+                    _ => self.next_shard % links.len(),
+                };
                 let cmd = ShardCmd::Dial {
                     torrent: tp.index,
                     addr: *addr,

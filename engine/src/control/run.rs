@@ -58,6 +58,24 @@ pub struct ServerPlan {
     pub status_interval: Duration,
     /// Printed on stdout once every shard serves (`listening:`, `info_hash:`, `magnet:`).
     pub ready_lines: Vec<String>,
+    /// `uring-bt download`: the torrent to fetch and what to do when it is complete.
+    pub download: Option<DownloadPlan>,
+}
+
+/// What `uring-bt download` asks of the control plane.
+pub struct DownloadPlan {
+    /// Registry index of the torrent.
+    pub torrent: usize,
+    /// Peers to dial at once (`--peer`, a magnet's `x.pe=`).
+    pub peers: Vec<SocketAddr>,
+    /// Keep seeding once complete (until a signal); otherwise stop cleanly then.
+    pub seed_after: bool,
+    /// How often a `progress:` line is printed on stdout.
+    pub progress_interval: Duration,
+    /// When the command started (for `secs=`).
+    pub started: Instant,
+    /// Printed when seeding begins (`seeding: ADDR`).
+    pub seeding_line: String,
 }
 
 /// How the server ended.
@@ -69,6 +87,8 @@ pub enum Ended {
     },
     /// The supervisor gave up: the message for the user.
     GaveUp(String),
+    /// The download failed (a full or failing disk): the message for the user.
+    DownloadFailed(String),
 }
 
 /// Shard threads alive, and a wake when one ends.
@@ -175,7 +195,37 @@ pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
     let mut dialer = Dialer::new(plan.dialer, links.clone(), plan.own);
     for t in plan.registry.torrents().iter() {
         dialer.add_torrent(t.info_hash, t.index);
+        if let Some(d) = t.download.as_ref().filter(|d| d.is_active()) {
+            dialer.set_home(t.index, d.home_shard);
+        }
     }
+    let mut dl_state = plan.download.as_ref().map(|d| DownloadWatch {
+        reported: false,
+        failed: false,
+        last: (Instant::now(), 0),
+        torrent: plan.registry.torrents().get(d.torrent).cloned(),
+    });
+    if let Some(d) = &plan.download {
+        if let Some(t) = plan.registry.torrents().get(d.torrent) {
+            if !d.peers.is_empty() {
+                dialer.on_found(
+                    FoundPeers {
+                        info_hash: t.info_hash,
+                        tracker: "--peer".into(),
+                        peers: d.peers.clone(),
+                    },
+                    Instant::now(),
+                );
+                dialer.tick(Instant::now());
+            }
+        }
+    }
+    let mut progress_iv = tokio::time::interval(
+        plan.download
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |d| d.progress_interval),
+    );
+    progress_iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let announcer = plan.announcer;
     // A panic inside the announcer's loop is contained: the announcer is gone (logged), the
     // shards keep serving. (Each announce already runs as a task of its own, whose panic only
@@ -228,6 +278,7 @@ pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
 
     // The announcer's run ends only after the shutdown below; kept in case it ends early.
     let mut ann_done = None;
+    let mut download_failed: Option<String> = None;
     let gave_up = {
         let sup = supervisor.run(shutdown_rx.clone());
         let mut sup = std::pin::pin!(sup);
@@ -248,6 +299,18 @@ pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
                 Some(e) = events_rx.recv() => dialer.on_event(e, Instant::now()),
                 _ = dial_iv.tick() => {
                     dialer.tick(Instant::now());
+                }
+                _ = progress_iv.tick(), if dl_state.is_some() => {
+                    if let (Some(w), Some(d)) = (dl_state.as_mut(), plan.download.as_ref()) {
+                        match w.step(d, announcer.as_ref()) {
+                            Step::Go => {}
+                            Step::Done => break None,
+                            Step::Failed(msg) => {
+                                download_failed = Some(msg);
+                                break None;
+                            }
+                        }
+                    }
                 }
                 _ = status_iv.tick() => {
                     let line = sampler.line(&plan.registry, announcer.as_ref(), &restarts.borrow());
@@ -308,9 +371,113 @@ pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
     if let Some(msg) = gave_up {
         return Ok(Ended::GaveUp(msg));
     }
+    if let Some(msg) = download_failed {
+        return Ok(Ended::DownloadFailed(msg));
+    }
     let (sent, acked) = report.map_or((0, 0), |r| (r.sent, r.acknowledged));
     Ok(Ended::Stopped {
         stopped_sent: sent,
         stopped_acked: acked,
     })
+}
+
+/// The control plane's view of a download: progress lines, completion, failure.
+struct DownloadWatch {
+    reported: bool,
+    failed: bool,
+    /// When and at how many bytes the last progress line was printed (for its rate).
+    last: (Instant, u64),
+    torrent: Option<Arc<crate::server::registry::Torrent>>,
+}
+
+enum Step {
+    Go,
+    /// Complete, and not seeding on: stop cleanly.
+    Done,
+    Failed(String),
+}
+
+impl DownloadWatch {
+    fn step(&mut self, plan: &DownloadPlan, announcer: Option<&Announcer>) -> Step {
+        use std::io::Write;
+        let Some(t) = self.torrent.clone() else {
+            return Step::Failed("the torrent is not in the registry".into());
+        };
+        let Some(d) = &t.download else {
+            return Step::Failed("the torrent is not being downloaded".into());
+        };
+        let n = t.layout.num_pieces();
+        let have = t.have.count();
+        let bytes: u64 = (0..n)
+            .filter(|&p| t.have.get(p))
+            .map(|p| u64::from(t.layout.piece_size(p)))
+            .sum();
+        let downloaded = d.downloaded.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let dt = now.saturating_duration_since(self.last.0).as_secs_f64();
+        let rate = if dt > 0.0 {
+            (downloaded.saturating_sub(self.last.1) as f64 / dt) as u64
+        } else {
+            0
+        };
+        self.last = (now, downloaded);
+        let peers = t.stats.peers.load(Ordering::Relaxed);
+        let mut out = std::io::stdout().lock();
+        if !self.reported {
+            let _ = writeln!(
+                out,
+                "progress: have={have} of={n} bytes={bytes} downloaded={downloaded} rate={rate} peers={peers}"
+            );
+        }
+        let complete = d.completed_at.lock().ok().and_then(|c| *c);
+        if let (Some(at), false) = (complete, self.reported) {
+            self.reported = true;
+            let secs = at.saturating_duration_since(plan.started).as_secs_f64();
+            let _ = writeln!(
+                out,
+                "complete: pieces={n} bytes={} secs={secs:.3} downloaded={downloaded} resumed={} wasted={}",
+                t.layout.total_length(),
+                d.resumed,
+                d.wasted.load(Ordering::Relaxed)
+            );
+            if let Ok(recs) = d.peers.lock() {
+                let mut v: Vec<_> = recs.iter().collect();
+                v.sort_by_key(|(a, _)| **a);
+                for (addr, r) in v {
+                    let _ = writeln!(
+                        out,
+                        "peer: addr={addr} client={} downloaded={} pieces={} hashfails={} banned={}",
+                        if r.client.is_empty() { "?" } else { &r.client },
+                        r.downloaded,
+                        r.pieces,
+                        r.hash_failures,
+                        u8::from(r.banned)
+                    );
+                }
+            }
+            if let Some(a) = announcer {
+                a.completed(&t.info_hash);
+            }
+            if plan.seed_after {
+                let _ = writeln!(out, "{}", plan.seeding_line);
+            }
+            let _ = out.flush();
+            return if plan.seed_after {
+                Step::Go
+            } else {
+                Step::Done
+            };
+        }
+        let _ = out.flush();
+        if !self.failed {
+            if let Some(msg) = d.fatal.lock().ok().and_then(|f| f.clone()) {
+                self.failed = true;
+                eprintln!("error: {msg}");
+                if !plan.seed_after {
+                    return Step::Failed(msg);
+                }
+            }
+        }
+        Step::Go
+    }
 }

@@ -41,7 +41,72 @@ const RECV_MIN_ROOM: usize = 4 * 1024;
 /// Serves one inbound connection until it closes.
 pub async fn run(shard: Rc<Shard>, stream: TcpStream, addr: SocketAddr) {
     let session = Session::new(shard.cfg.session.clone(), Some(addr.ip()), Instant::now());
-    serve(shard, stream, addr, session, None).await;
+    serve(shard, stream, addr, session, None, Vec::new()).await;
+}
+
+/// Serves an inbound connection another shard passed to us (its torrent is downloaded here):
+/// the session reads the bytes received so far, the handshake first, as if they had just
+/// arrived.
+pub async fn adopt(shard: Rc<Shard>, h: crate::server::registry::Handoff) {
+    let std = std::net::TcpStream::from(h.fd);
+    let stream = TcpStream::from_std(std);
+    let session = Session::new(shard.cfg.session.clone(), Some(h.addr.ip()), Instant::now());
+    serve(shard, stream, h.addr, session, None, h.bytes).await;
+}
+
+/// An inbound connection whose handshake names a torrent downloaded on another shard: pass it
+/// there (a duplicate of its descriptor and the bytes received, the handshake re-encoded
+/// first). Returns true when it was handed off; the slot then closes without a shutdown.
+fn hand_off(shard: &Shard, key: usize, stream: &TcpStream, buf: &[u8]) -> bool {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let (hs, addr) = {
+        let peers = shard.peers.borrow();
+        let Some(slot) = peers.get(key) else {
+            return false;
+        };
+        let Some(hs) = slot.session.handshake().copied() else {
+            return false;
+        };
+        (hs, slot.addr)
+    };
+    let Some(home) = shard
+        .registry
+        .get(&hs.info_hash)
+        .and_then(|t| {
+            t.download
+                .as_ref()
+                .filter(|d| d.is_active())
+                .map(|d| d.home_shard)
+        })
+        .filter(|&h| h != shard.cfg.index)
+    else {
+        return false;
+    };
+    // SAFETY: dup of a descriptor this connection owns; the result is a new descriptor that
+    // nothing else owns (or -1).
+    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: `fd` is the fresh descriptor just created.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut bytes = Vec::with_capacity(wire::HANDSHAKE_LEN + buf.len());
+    wire::encode_handshake(&hs, &mut bytes);
+    bytes.extend_from_slice(buf);
+    match shard
+        .registry
+        .hand_off(home, crate::server::registry::Handoff { fd, addr, bytes })
+    {
+        Ok(()) => {
+            if let Some(slot) = shard.peers.borrow_mut().get_mut(key) {
+                slot.handed_off = true;
+            }
+            tracing::debug!(shard = shard.cfg.index, %addr, home, "connection handed to the download's home shard");
+            true
+        }
+        // Its queue is full (or it restarts): serve it here, upload only.
+        Err(_) => false,
+    }
 }
 
 /// Bounds the connect of a dial (the kernel's own SYN retries take minutes). Dropping a
@@ -57,6 +122,17 @@ pub async fn dial(shard: Rc<Shard>, t: usize, addr: SocketAddr) {
     let Some(torrent) = shard.torrent(t) else {
         return;
     };
+    if !crate::server::download::allowed(&torrent, addr) {
+        // Banned for bad data: never connected again.
+        shard.event(ShardEvent::DialDone {
+            shard: shard.cfg.index,
+            torrent: t,
+            addr,
+            connected: false,
+            seed: false,
+        });
+        return;
+    }
     while shard.half_open.get() >= shard.cfg.max_half_open.max(1) {
         shard.half_open_wake.notified().await;
         if shard.stopping.get() {
@@ -118,7 +194,7 @@ pub async fn dial(shard: Rc<Shard>, t: usize, addr: SocketAddr) {
         Instant::now(),
         torrent.info_hash,
     );
-    serve(shard, stream, addr, session, Some(t)).await;
+    serve(shard, stream, addr, session, Some(t), Vec::new()).await;
 }
 
 fn release_half_open(shard: &Shard) {
@@ -134,6 +210,7 @@ async fn serve(
     addr: SocketAddr,
     session: Session,
     dialed: Option<usize>,
+    received: Vec<u8>,
 ) {
     let _ = stream.set_nodelay(true);
     let stream = Rc::new(stream);
@@ -151,7 +228,7 @@ async fn serve(
         // A dialed connection speaks first: its writer runs before the peer's handshake.
         writer_done = Some(start_writer(&shard, key, t, &stream));
     }
-    let outcome = reader(&shard, key, &stream, &mut writer_done, dialed).await;
+    let outcome = reader(&shard, key, &stream, &mut writer_done, dialed, received).await;
     // Stop the writer and wait for it to finish its operation in flight before the slot (and
     // with it the socket) goes away.
     if let Some(slot) = shard.peers.borrow_mut().get_mut(key) {
@@ -160,12 +237,12 @@ async fn serve(
     if let Some(done) = writer_done {
         let _ = done.await;
     }
-    let slot = shard.peers.borrow_mut().remove(key);
+    let mut slot = shard.peers.borrow_mut().remove(key);
     if slot.half_open {
         release_half_open(&shard);
     }
     // The shard's reason (a timeout, a stalled write) explains the reader's EOF.
-    let why = match (slot.close_reason, outcome) {
+    let why = match (slot.close_reason.clone(), outcome) {
         (Some(r), _) => Closed::Protocol(r),
         (None, Err(e)) => e,
         (None, Ok(())) => Closed::Io("closed".into()),
@@ -195,6 +272,7 @@ async fn serve(
         }
     }
     if let Some(t) = slot.torrent {
+        crate::server::download::peer_gone(&shard, key, t, &mut slot);
         let torrent = {
             let mut ts = shard.torrents.borrow_mut();
             let Some(st) = ts.get_mut(t) else {
@@ -332,8 +410,10 @@ async fn reader(
     stream: &Rc<TcpStream>,
     writer_done: &mut Option<tokio::sync::oneshot::Receiver<()>>,
     dialed: Option<usize>,
+    received: Vec<u8>,
 ) -> Result<(), Closed> {
-    let mut buf: Vec<u8> = Vec::with_capacity(RECV_INITIAL);
+    let mut buf: Vec<u8> = received;
+    buf.reserve(RECV_INITIAL.saturating_sub(buf.len()));
     let (read_wake, max_len) = {
         let peers = shard.peers.borrow();
         let slot = peers.get(key).ok_or(Closed::Io("slot gone".into()))?;
@@ -353,8 +433,27 @@ async fn reader(
             }
             (r, slot.session.phase(), slot.torrent)
         };
+        if let (Some((b, off)), Some(t)) = (r.block, torrent) {
+            // Downloading: the data of our request, still in `buf`: into a pool buffer and
+            // its write started before the bytes are dropped.
+            if let Some(data) = buf.get(off..off + b.len as usize) {
+                crate::server::download::on_block(shard, key, t, b, data).await;
+            }
+        }
+        if r.events || r.block.is_some() {
+            if let Some(t) = torrent {
+                crate::server::download::on_events(shard, key, t);
+            }
+        }
         buf.drain(..r.consumed);
+        if r.block.is_some() {
+            // Decoding stopped after the block: decode on before reading more.
+            continue;
+        }
         if phase == Phase::AwaitTorrent {
+            if dialed.is_none() && hand_off(shard, key, stream, &buf) {
+                return Ok(());
+            }
             let t = attach(shard, key, dialed)?;
             max_len = shard
                 .peers
@@ -429,6 +528,9 @@ fn attach(shard: &Shard, key: usize, dialed: Option<usize>) -> Result<usize, Clo
     let t = torrent.index;
     if dialed.is_some_and(|d| d != t) {
         return Err(CloseReason::WrongInfoHash.into());
+    }
+    if !crate::server::download::allowed(&torrent, slot.addr) {
+        return Err(CloseReason::Banned.into());
     }
     if t >= shard.torrents.borrow().len() {
         shard.sync_torrents();

@@ -16,6 +16,7 @@
 
 pub mod affinity;
 pub mod conn;
+pub mod download;
 pub mod limits;
 pub mod registry;
 pub mod serve;

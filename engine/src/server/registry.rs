@@ -166,6 +166,74 @@ pub struct Torrent {
     /// Changed when a peer connects or closes (never per block); bounded by the peers allowed
     /// per torrent.
     pub swarm: Mutex<HashMap<std::net::SocketAddr, u8>>,
+    /// Downloading: `None` for a torrent we only seed.
+    pub download: Option<DownloadShared>,
+}
+
+/// What every shard and the control plane share of a torrent being downloaded. Its picker and
+/// piece states live on its home shard only (`server::download`); this holds the flags and
+/// counters others read.
+#[derive(Debug)]
+pub struct DownloadShared {
+    /// The shard that owns the download: its picker, hash states and outgoing connections.
+    pub home_shard: usize,
+    /// Pieces still missing: the data files are being written (their mtimes change, so the
+    /// seeding path's "changed under the seeder" check is off until the download completes).
+    pub active: std::sync::atomic::AtomicBool,
+    /// Pieces found complete on disk at start (resume data or the start-up check).
+    pub resumed: u32,
+    /// Payload bytes received in PIECE messages this run (including wasted ones).
+    pub downloaded: AtomicU64,
+    /// Bytes received and thrown away: unrequested or duplicate blocks, pieces that failed.
+    pub wasted: AtomicU64,
+    /// Pieces that failed their hash check.
+    pub hash_failures: AtomicU64,
+    /// Set when the last piece passed.
+    pub completed_at: Mutex<Option<std::time::Instant>>,
+    /// Why the download stopped (a full or failing disk); verified data and seeding go on.
+    pub fatal: Mutex<Option<String>>,
+    /// Per peer address: what it gave us (the `peer:` lines). At most one entry per connection
+    /// ever made, bounded by the dialer's list and the connection limits over the run.
+    pub peers: Mutex<HashMap<std::net::SocketAddr, PeerRecord>>,
+    /// Peers that sent data failing the hash check too often: never connected again.
+    pub banned: Mutex<std::collections::HashSet<std::net::IpAddr>>,
+}
+
+/// One peer's contribution to a download.
+#[derive(Debug, Clone, Default)]
+pub struct PeerRecord {
+    pub client: String,
+    pub downloaded: u64,
+    pub pieces: u32,
+    pub hash_failures: u32,
+    pub banned: bool,
+}
+
+impl DownloadShared {
+    pub fn new(home_shard: usize, resumed: u32, active: bool) -> Self {
+        DownloadShared {
+            home_shard,
+            active: std::sync::atomic::AtomicBool::new(active),
+            resumed,
+            downloaded: AtomicU64::new(0),
+            wasted: AtomicU64::new(0),
+            hash_failures: AtomicU64::new(0),
+            completed_at: Mutex::new(None),
+            fatal: Mutex::new(None),
+            peers: Mutex::new(HashMap::new()),
+            banned: Mutex::new(std::collections::HashSet::new()),
+        }
+    }
+
+    /// Whether `ip` is banned.
+    pub fn is_banned(&self, ip: std::net::IpAddr) -> bool {
+        self.banned.lock().is_ok_and(|b| b.contains(&ip))
+    }
+
+    /// Whether pieces are still being downloaded.
+    pub fn is_active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
+    }
 }
 
 /// A file's size and mtime in nanoseconds, following links (the server opens beneath the save
@@ -210,7 +278,43 @@ impl Torrent {
             metadata: None,
             private: false,
             swarm: Mutex::new(HashMap::new()),
+            download: None,
         }
+    }
+
+    /// A torrent we download into `root`: `have` holds the pieces found good on disk at start
+    /// (BEP 3 bitfield); the rest are fetched by shard `home_shard`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new_download(
+        index: usize,
+        info_hash: [u8; 20],
+        name: String,
+        layout: Arc<Layout>,
+        root: PathBuf,
+        piece_hashes: Arc<[[u8; 20]]>,
+        have: &[u8],
+        home_shard: usize,
+    ) -> Self {
+        let mut t = Torrent::new_seed(index, info_hash, name, layout, root, piece_hashes, false);
+        let n = t.layout.num_pieces();
+        t.have = AtomicBits::new(n, false);
+        for p in 0..n {
+            if have
+                .get((p / 8) as usize)
+                .is_some_and(|b| b & (0x80 >> (p % 8)) != 0)
+            {
+                t.have.set(p);
+                t.verified.set(p);
+            }
+        }
+        let resumed = t.have.count();
+        t.download = Some(DownloadShared::new(home_shard, resumed, resumed < n));
+        t
+    }
+
+    /// Downloading now (pieces missing, files being written).
+    pub fn is_downloading(&self) -> bool {
+        self.download.as_ref().is_some_and(|d| d.is_active())
     }
 
     /// The connected peers' listening addresses (for PEX), at most `cap` of them.
@@ -241,6 +345,11 @@ impl Torrent {
     /// and its new stamp recorded; the caller must not send what it read. `seen` caches the
     /// answer per file within one batch (a stat per file per batch, not per block).
     pub fn unchanged(&self, piece: u32, seen: &mut Vec<(usize, bool)>) -> bool {
+        if self.is_downloading() {
+            // We are the writer: pieces we have were verified from what we wrote, and are
+            // never written again (the picker never picks a piece we have).
+            return true;
+        }
         let mut ok = true;
         for i in self.layout.piece_files(piece) {
             let f = &self.layout.files()[i];
@@ -452,6 +561,51 @@ pub struct Registry {
     snap: std::sync::RwLock<Arc<Snapshot>>,
     /// Counters of the server as a whole.
     pub server: ServerStats,
+    /// Each running shard's hand-off queue (by shard index): an inbound connection for a
+    /// torrent being downloaded is passed to the download's home shard (`server::conn`). Taken
+    /// once per such connection, never per block.
+    pub handoff: Mutex<Vec<Option<tokio::sync::mpsc::Sender<Handoff>>>>,
+}
+
+/// An inbound connection passed to another shard after its handshake: the socket (a duplicate
+/// of the descriptor; the first shard closes its own) and every byte received so far, the
+/// handshake included, which the new shard's session reads again.
+#[derive(Debug)]
+pub struct Handoff {
+    pub fd: std::os::fd::OwnedFd,
+    pub addr: std::net::SocketAddr,
+    pub bytes: Vec<u8>,
+}
+
+/// Connections waiting in one shard's hand-off queue, at most.
+pub const HANDOFF_QUEUE: usize = 64;
+
+impl Registry {
+    /// Registers shard `index`'s hand-off queue (a restarted shard replaces its old one).
+    pub fn set_handoff(&self, index: usize, tx: tokio::sync::mpsc::Sender<Handoff>) {
+        if let Ok(mut v) = self.handoff.lock() {
+            if v.len() <= index {
+                v.resize_with(index + 1, || None);
+            }
+            v[index] = Some(tx);
+        }
+    }
+
+    /// Passes `h` to shard `index`; gives it back when that shard has no queue or it is full.
+    pub fn hand_off(&self, index: usize, h: Handoff) -> Result<(), Handoff> {
+        let tx = self
+            .handoff
+            .lock()
+            .ok()
+            .and_then(|v| v.get(index).cloned().flatten());
+        match tx {
+            Some(tx) => tx.try_send(h).map_err(|e| match e {
+                tokio::sync::mpsc::error::TrySendError::Full(h)
+                | tokio::sync::mpsc::error::TrySendError::Closed(h) => h,
+            }),
+            None => Err(h),
+        }
+    }
 }
 
 #[derive(Debug, Default)]

@@ -193,6 +193,7 @@ async fn run(
         fill_wake: tokio::sync::Notify::new(),
         peers: RefCell::new(Slab::with_capacity(cfg.max_peers.min(4096))),
         published: std::cell::Cell::new((0, 0)),
+        downloads: RefCell::new(std::collections::HashMap::new()),
         half_open: std::cell::Cell::new(0),
         half_open_wake: tokio::sync::Notify::new(),
         events,
@@ -211,9 +212,15 @@ async fn run(
     spawn_task(&shard, ticker(shard.clone()));
     spawn_task(&shard, crate::server::state::filler(shard.clone()));
     spawn_task(&shard, accept_loop(shard.clone(), listener));
+    let (handoff_tx, mut handoffs) =
+        tokio::sync::mpsc::channel(crate::server::registry::HANDOFF_QUEUE);
+    shard.registry.set_handoff(index, handoff_tx);
     let _ = ready.try_send(Ok(()));
     loop {
         tokio::select! {
+            Some(h) = handoffs.recv() => {
+                spawn_task(&shard, crate::server::conn::adopt(shard.clone(), h));
+            }
             cmd = cmds.recv() => match cmd {
                 Some(ShardCmd::Dial { torrent, addr }) => {
                     spawn_task(&shard, crate::server::conn::dial(shard.clone(), torrent, addr));
@@ -372,6 +379,8 @@ async fn ticker(shard: Rc<Shard>) {
         shard.sync_torrents();
         let now = Instant::now();
         crate::server::conn::tick_sessions(&shard, now);
+        crate::server::download::tick(&shard, now);
+        crate::server::download::tell_haves(&shard);
         let n = shard.torrents.borrow().len();
         for t in 0..n {
             shard.rechoke(t, now, &mut choker_input, false);

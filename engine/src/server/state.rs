@@ -51,6 +51,8 @@ pub struct ShardConfig {
     pub coalesce: usize,
     /// Outgoing connections this shard sets up at once (connect + handshake).
     pub max_half_open: usize,
+    /// The download side's settings (pipelines, snubbing, rate limit, bans).
+    pub download: crate::server::download::DownloadConfig,
 }
 
 /// The shard's housekeeping period (timeouts, choker, keep-alives).
@@ -85,6 +87,10 @@ pub struct PeerSlot {
     /// Where the peer accepts connections (the dialed address, or its IP with the `p` of its
     /// extension handshake), once known: its entry in the torrent's swarm (PEX).
     pub listen_addr: Option<SocketAddr>,
+    /// Downloading (home shard): the peer's rate, contribution and what the picker counted.
+    pub dl: crate::server::download::SlotDownload,
+    /// The socket was passed to another shard: closing the slot must not shut it down.
+    pub handed_off: bool,
 }
 
 impl PeerSlot {
@@ -107,6 +113,8 @@ impl PeerSlot {
             close_reason: None,
             half_open: false,
             listen_addr: None,
+            dl: Default::default(),
+            handed_off: false,
         }
     }
 
@@ -116,7 +124,9 @@ impl PeerSlot {
     pub fn close(&mut self) {
         if !self.closing {
             self.closing = true;
-            let _ = self.stream.shutdown(std::net::Shutdown::Both);
+            if !self.handed_off {
+                let _ = self.stream.shutdown(std::net::Shutdown::Both);
+            }
         }
         self.wake.notify_one();
         self.read_wake.notify_one();
@@ -149,6 +159,9 @@ pub struct ShardTorrent {
     pub dialed: usize,
     /// Its choker should fill free slots (a peer's interest changed): see [`filler`].
     pub fill_pending: bool,
+    /// A downloading torrent whose home is another shard: the pieces this shard's peers were
+    /// told about (HAVE from the tick), and how many.
+    pub told: Option<(Vec<u8>, u32)>,
 }
 
 /// A shard's state, shared by its tasks (single thread).
@@ -181,6 +194,8 @@ pub struct Shard {
     pub test_panic: bool,
     /// The storage ring's file-table counters already added to the registry's `ServerStats`.
     pub published: Cell<(u64, u64)>,
+    /// The downloads this shard is home to, by registry index.
+    pub downloads: RefCell<std::collections::HashMap<usize, crate::server::download::Download>>,
 }
 
 /// What a shard tells the control plane about connections (for the dialer's peer list and
@@ -226,9 +241,31 @@ impl Shard {
         let all = self.registry.torrents();
         let mut mine = self.torrents.borrow_mut();
         for t in all.iter().skip(mine.len()) {
+            let home = t
+                .download
+                .as_ref()
+                .filter(|d| d.is_active())
+                .map(|d| d.home_shard);
+            let writable = home == Some(self.cfg.index);
             let tid = self
                 .store
-                .add_torrent(t.layout.clone(), t.root.clone(), false);
+                .add_torrent(t.layout.clone(), t.root.clone(), writable);
+            if writable {
+                let seed = (self.cfg.index as u64) << 32
+                    ^ u64::from(std::process::id())
+                    ^ t.info_hash
+                        .iter()
+                        .fold(0u64, |a, &b| a.rotate_left(5) ^ u64::from(b));
+                match crate::server::download::Download::new(t.clone(), tid, seed) {
+                    Ok(d) => {
+                        self.downloads.borrow_mut().insert(t.index, d);
+                    }
+                    Err(e) => tracing::error!(torrent = %t.name, "cannot download: {e}"),
+                }
+            }
+            let told = home
+                .filter(|&h| h != self.cfg.index)
+                .map(|_| (t.have.to_bytes(), t.have.count()));
             mine.push(ShardTorrent {
                 torrent: t.clone(),
                 tid,
@@ -236,6 +273,7 @@ impl Shard {
                 peers: 0,
                 dialed: 0,
                 fill_pending: false,
+                told,
             });
         }
     }
@@ -321,8 +359,21 @@ impl Shard {
         } else {
             st.choker.tick(now, input)
         };
+        let optimistic = st.choker.optimistic();
         for (key, unchoke) in decisions {
             if let Some(slot) = peers.get_mut(key) {
+                // One event per decision (target `uring_bt::choker`, `RUST_LOG=uring_bt::choker=info`):
+                // the lab scenario checks them against the schedule (docs/lab.md).
+                tracing::info!(
+                    target: "uring_bt::choker",
+                    shard = self.cfg.index,
+                    torrent = t,
+                    peer = %slot.addr,
+                    unchoke,
+                    optimistic = unchoke && optimistic == Some(key),
+                    pass = if quick { "fill" } else { "rechoke" },
+                    "choker decision"
+                );
                 slot.set_choked(!unchoke);
             }
         }

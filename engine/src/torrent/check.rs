@@ -129,3 +129,54 @@ pub fn save_resume(
         eprintln!("warning: cannot write resume data {}: {e}", path.display());
     }
 }
+
+/// Before downloading: which pieces are on disk already (BEP 3 bitfield). The resume data is
+/// trusted when it matches the files (same torrent, sizes and mtimes unchanged); otherwise every
+/// piece of the files that exist is hashed on all cores (a missing or short file's pieces are
+/// simply missing: nothing to report). A download killed without saving its resume data thus
+/// loses only the pieces that were in flight: the check finds every piece completely written.
+pub fn check_for_download(
+    meta: &Metainfo,
+    root: &Path,
+    state_dir: Option<&Path>,
+    cores: usize,
+) -> Vec<u8> {
+    use uring_bt_storage::resume;
+    let layout = meta.layout();
+    let n = layout.num_pieces();
+    if let Some(dir) = state_dir {
+        let path = dir.join(format!("{}.resume", hex(&meta.info_hash)));
+        let plan = resume::plan(&path, &meta.info_hash, &layout, root);
+        if plan.full_check_reason.is_none() && plan.recheck.is_empty() {
+            eprintln!(
+                "{}: resume data matches ({}): check skipped",
+                meta.name,
+                path.display()
+            );
+            return plan.have;
+        }
+    }
+    let started = Instant::now();
+    let mut have = vec![0u8; (n as usize).div_ceil(8)];
+    let any_file = layout
+        .files()
+        .iter()
+        .any(|f| !f.padding && root.join(&f.path).exists());
+    if !any_file {
+        return have;
+    }
+    let results = uring_bt_storage::hash::hash_pieces(&layout, root, cores, &|_| {});
+    let mut good = 0u32;
+    for (i, r) in results.iter().enumerate() {
+        if matches!(r, Ok(h) if Some(h) == meta.pieces.get(i)) {
+            have[i / 8] |= 0x80 >> (i % 8);
+            good += 1;
+        }
+    }
+    eprintln!(
+        "checked {}: {good} of {n} pieces on disk in {:.2} s",
+        meta.name,
+        started.elapsed().as_secs_f64()
+    );
+    have
+}

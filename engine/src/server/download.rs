@@ -1,0 +1,788 @@
+//! The download side of the data plane: one torrent's piece picker, piece hashing and writes,
+//! on the torrent's home shard.
+//!
+//! Ownership: a torrent being downloaded has one home shard (`DownloadShared::home_shard`).
+//! That shard owns its [`Picker`], the hash state of every piece in progress and the
+//! connections the download uses (the dialer routes that torrent's dials there). Nothing of it
+//! is shared: no lock on the per-block path. Other shards serve the torrent's pieces we have
+//! (an atomic bitfield in the registry) to the peers that connect to them, and send those peers
+//! HAVE from their 1 s tick.
+//!
+//! Anatomy of a received block:
+//! 1. The reader decodes a PIECE answering one of our requests (`Received::block`).
+//! 2. [`on_block`] asks the picker whether it wants it (duplicates and unrequested data are
+//!    counted as wasted and dropped), sends CANCEL to the other peers that had it requested
+//!    (endgame), advances the piece's SHA-1 when the block is the next one in order, copies
+//!    the payload into a pool buffer (waiting for one is backpressure on that peer: its reader
+//!    stops) and starts a `write_fixed` through the shard's storage ring. The buffer returns to
+//!    the pool when the write completes.
+//! 3. When every block of a piece has been received and written, [`finish_piece`] hashes
+//!    what was not hashed in order by reading it back (the page cache), compares the digest
+//!    with the metainfo's, and either marks the piece had (registry bits, HAVE to the peers
+//!    lacking it) or gives it back to the picker and counts a strike against its contributors.
+//!    Repeat offenders are banned: closed and never connected again.
+//!
+//! Memory: pool buffers (the write path's only block data), one SHA-1 state (≈ 100 bytes) and a
+//! contributor list per piece in progress (bounded by the picker's partial pieces), the
+//! picker's O(pieces) arrays. Nothing grows with the torrent's size beyond O(pieces) integers.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::{self, Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha1::{Digest, Sha1};
+use uring_bt_proto::peer::{Peer, PeerEvent, MAX_OUR_REQUESTS};
+use uring_bt_proto::picker::{BlockOutcome, PeerHas, Picker, PickerConfig};
+use uring_bt_proto::session::CloseReason;
+use uring_bt_proto::wire::{BlockRef, BLOCK_SIZE};
+use uring_bt_storage::store::{BlockStore, TorrentId};
+
+use crate::server::registry::{PeerRecord, Torrent};
+use crate::server::state::Shard;
+
+/// Settings of the download side (part of the shard's config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownloadConfig {
+    /// A peer that sent no block we asked for in this long, with requests outstanding, is
+    /// snubbing us: its requests go back to the picker.
+    pub snub_timeout: Duration,
+    /// Requests kept outstanding at a peer, at least (a new or slow peer)...
+    pub min_pipeline: u32,
+    /// ...and at most (also bounded by the peer's `reqq` and [`MAX_OUR_REQUESTS`]).
+    pub max_pipeline: u32,
+    /// Seconds of a peer's measured rate kept in flight.
+    pub pipeline_secs: u32,
+    /// Download rate limit of this shard in bytes per second (`None`: unlimited).
+    pub max_rate: Option<u64>,
+    /// Hash-check points after which a peer is banned: a failed piece it sent alone counts 2,
+    /// one it shared with others 1.
+    pub ban_points: u32,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig {
+            snub_timeout: Duration::from_secs(20),
+            min_pipeline: 16,
+            max_pipeline: MAX_OUR_REQUESTS as u32,
+            pipeline_secs: 1,
+            max_rate: None,
+            ban_points: 4,
+        }
+    }
+}
+
+/// `reqq` assumed for a peer that does not say (libtorrent's default when absent is 250).
+const DEFAULT_PEER_REQQ: u32 = 250;
+
+/// What the home shard keeps per connection of a downloading torrent.
+#[derive(Debug, Default, Clone)]
+pub struct SlotDownload {
+    /// Payload bytes of ours received from the peer, and the value at the last tick.
+    pub downloaded: u64,
+    pub downloaded_at_tick: u64,
+    /// Bytes per second, smoothed over ticks.
+    pub rate: f64,
+    /// What the picker counted of the peer's pieces.
+    pub counted: Counted,
+    /// Pieces that passed with blocks from this peer, failed pieces it contributed to, and its
+    /// ban points.
+    pub pieces: u32,
+    pub hash_failures: u32,
+    pub points: u32,
+    /// Flushed into the torrent's `PeerRecord` already.
+    pub flushed: (u64, u32, u32),
+}
+
+/// The peer's availability as the picker counted it (undone when the peer leaves).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum Counted {
+    #[default]
+    Nothing,
+    /// Its bitfield (and HAVEs since) are in the picker's counts: the peer's own bits say which.
+    Bits,
+    Seed,
+}
+
+/// One piece being received.
+struct PieceState {
+    sha: Sha1,
+    /// Bytes hashed from the start of the piece (blocks that arrived in order).
+    hashed: u32,
+    /// Writes started and not completed.
+    writes: u32,
+    /// Every block received.
+    done: bool,
+    /// The check runs (or ran).
+    finishing: bool,
+    /// A write failed: the piece is lost (given back to the picker, no peer blamed).
+    write_failed: bool,
+    /// Slot keys that sent blocks of it.
+    contributors: Vec<u32>,
+}
+
+impl PieceState {
+    fn new() -> Self {
+        PieceState {
+            sha: Sha1::new(),
+            hashed: 0,
+            writes: 0,
+            done: false,
+            finishing: false,
+            write_failed: false,
+            contributors: Vec::new(),
+        }
+    }
+}
+
+/// One torrent's download on its home shard.
+pub struct Download {
+    pub torrent: Arc<Torrent>,
+    pub tid: TorrentId,
+    pub picker: Picker,
+    pieces: HashMap<u32, PieceState>,
+    /// Rate limit: bytes we may still request, refilled from the clock.
+    tokens: f64,
+    refilled: Instant,
+    /// The download stopped (complete, or a fatal storage error).
+    stopped: bool,
+    scratch: Vec<BlockRef>,
+}
+
+impl Download {
+    /// A download of `torrent` (stored as `tid` in this shard's ring), from what it has.
+    pub fn new(torrent: Arc<Torrent>, tid: TorrentId, seed: u64) -> Result<Self, String> {
+        let layout = &torrent.layout;
+        let n = layout.num_pieces();
+        let last = if n == 0 { 1 } else { layout.piece_size(n - 1) };
+        let cfg = PickerConfig::new(n, layout.piece_length(), last);
+        let picker = Picker::new(cfg, &torrent.have.to_bytes(), seed).map_err(|e| e.to_string())?;
+        Ok(Download {
+            torrent,
+            tid,
+            picker,
+            pieces: HashMap::new(),
+            tokens: 0.0,
+            refilled: Instant::now(),
+            stopped: false,
+            scratch: Vec::with_capacity(MAX_OUR_REQUESTS),
+        })
+    }
+
+    /// Blocks the rate limit lets us request now (refilling from the clock; at most one
+    /// second's worth saved up).
+    fn allowance(&mut self, limit: Option<u64>, now: Instant) -> usize {
+        let Some(rate) = limit else {
+            return usize::MAX;
+        };
+        let rate = rate as f64;
+        let dt = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.refilled = now;
+        self.tokens = (self.tokens + dt * rate).min(rate.max(f64::from(BLOCK_SIZE)));
+        (self.tokens / f64::from(BLOCK_SIZE)) as usize
+    }
+}
+
+/// A peer's pieces as the picker asks them.
+struct PeerView<'a>(&'a Peer);
+
+impl PeerHas for PeerView<'_> {
+    fn has(&self, piece: u32) -> bool {
+        self.0.peer_has(piece)
+    }
+    fn is_seed(&self) -> bool {
+        self.0.peer_is_seed()
+    }
+}
+
+/// The download of torrent `t` if this shard is its home and it is still active.
+fn with_download<R>(shard: &Shard, t: usize, f: impl FnOnce(&mut Download) -> R) -> Option<R> {
+    let mut d = shard.downloads.borrow_mut();
+    d.get_mut(&t).map(f)
+}
+
+/// After the session decoded messages of connection `key` (torrent `t`): feed what the peer
+/// told us to the picker, update our interest, and fill the request pipeline.
+pub fn on_events(shard: &Shard, key: usize, t: usize) {
+    let mut events = Vec::new();
+    {
+        let mut peers = shard.peers.borrow_mut();
+        let Some(slot) = peers.get_mut(key) else {
+            return;
+        };
+        slot.session.take_events(&mut events);
+    }
+    let mut downloads = shard.downloads.borrow_mut();
+    let Some(dl) = downloads.get_mut(&t) else {
+        return;
+    };
+    let mut peers = shard.peers.borrow_mut();
+    let Some(slot) = peers.get_mut(key) else {
+        return;
+    };
+    let pk = key as u32;
+    for e in events.drain(..) {
+        match e {
+            PeerEvent::Have(p) => {
+                if slot.dl.counted == Counted::Nothing {
+                    slot.dl.counted = Counted::Bits;
+                }
+                dl.picker.inc(p);
+            }
+            PeerEvent::Bitfield => {
+                if let Some(bits) = slot.session.peer().and_then(|p| p.peer_bits()) {
+                    dl.picker.inc_bitfield(bits);
+                    slot.dl.counted = Counted::Bits;
+                }
+            }
+            PeerEvent::Seed => {
+                dl.picker.inc_seed();
+                slot.dl.counted = Counted::Seed;
+            }
+            PeerEvent::Lost { bits, seed } => {
+                if let Some(bits) = bits {
+                    dl.picker.dec_bitfield(&bits);
+                }
+                if seed {
+                    dl.picker.dec_seed();
+                }
+                slot.dl.counted = Counted::Nothing;
+            }
+            PeerEvent::Abandoned(b) => {
+                dl.picker.on_abandon(pk, b);
+            }
+            PeerEvent::Unrequested(b) => {
+                if let Some(d) = &dl.torrent.download {
+                    d.wasted.fetch_add(u64::from(b.len), Relaxed);
+                    d.downloaded.fetch_add(u64::from(b.len), Relaxed);
+                }
+            }
+            PeerEvent::Unchoked
+            | PeerEvent::Choked
+            | PeerEvent::Block(_)
+            | PeerEvent::AllowedFast(_) => {}
+        }
+    }
+    if dl.stopped {
+        return;
+    }
+    let interesting = slot
+        .session
+        .peer()
+        .is_some_and(|p| dl.picker.is_interesting(&PeerView(p)));
+    if slot.session.set_interested(interesting) {
+        slot.wake.notify_one();
+    }
+    fill_slot(shard, dl, key, slot);
+}
+
+/// Fills connection `key`'s request pipeline from the picker (when we are interested and the
+/// peer unchokes us), within the rate limit.
+fn fill_slot(
+    shard: &Shard,
+    dl: &mut Download,
+    key: usize,
+    slot: &mut crate::server::state::PeerSlot,
+) {
+    if dl.stopped || slot.closing {
+        return;
+    }
+    let cfg = shard.cfg.download;
+    let Some(peer) = slot.session.peer() else {
+        return;
+    };
+    if !peer.am_interested() || peer.peer_choking() {
+        return;
+    }
+    let reqq = peer
+        .ext_handshake()
+        .and_then(|h| h.reqq)
+        .unwrap_or(DEFAULT_PEER_REQQ)
+        .max(1);
+    let by_rate = (slot.dl.rate * f64::from(cfg.pipeline_secs) / f64::from(BLOCK_SIZE)) as u32;
+    let target = by_rate
+        .max(cfg.min_pipeline)
+        .min(cfg.max_pipeline)
+        .min(reqq)
+        .min(MAX_OUR_REQUESTS as u32) as usize;
+    let have = peer.our_requests();
+    if have >= target {
+        return;
+    }
+    let allowed = dl.allowance(cfg.max_rate, Instant::now());
+    let want = (target - have).min(allowed);
+    if want == 0 {
+        return;
+    }
+    let mut out = std::mem::take(&mut dl.scratch);
+    out.clear();
+    dl.picker.pick(key as u32, &PeerView(peer), want, &mut out);
+    let sent = slot.session.request(&out);
+    for b in &out[sent..] {
+        dl.picker.on_abandon(key as u32, *b);
+    }
+    if cfg.max_rate.is_some() {
+        dl.tokens -= (sent as f64) * f64::from(BLOCK_SIZE);
+    }
+    if sent > 0 {
+        slot.wake.notify_one();
+    }
+    dl.scratch = out;
+}
+
+/// Fills every connection of torrent `t` (after blocks were freed: a peer left, a piece
+/// failed, a tick).
+pub fn fill_all(shard: &Shard, t: usize) {
+    let mut downloads = shard.downloads.borrow_mut();
+    let Some(dl) = downloads.get_mut(&t) else {
+        return;
+    };
+    let mut peers = shard.peers.borrow_mut();
+    for (key, slot) in peers.iter_mut() {
+        if slot.torrent == Some(t) {
+            fill_slot(shard, dl, key, slot);
+        }
+    }
+}
+
+/// The PIECE for our request `b` arrived on connection `key` with `data`. Returns when the data
+/// is copied into a pool buffer and its write has started.
+pub async fn on_block(shard: &Rc<Shard>, key: usize, t: usize, b: BlockRef, data: &[u8]) {
+    let len = u64::from(b.len);
+    let accepted = with_download(shard, t, |dl| {
+        if let Some(d) = &dl.torrent.download {
+            d.downloaded.fetch_add(len, Relaxed);
+        }
+        match dl.picker.on_block(key as u32, b) {
+            BlockOutcome::Accepted { cancel, piece_done } => {
+                let ps = dl.pieces.entry(b.piece).or_insert_with(PieceState::new);
+                if ps.hashed == b.begin {
+                    ps.sha.update(data);
+                    ps.hashed += b.len;
+                }
+                ps.writes += 1;
+                ps.done |= piece_done;
+                if !ps.contributors.contains(&(key as u32)) {
+                    ps.contributors.push(key as u32);
+                }
+                Some((dl.tid, cancel))
+            }
+            BlockOutcome::NotRequested | BlockOutcome::Duplicate => {
+                if let Some(d) = &dl.torrent.download {
+                    d.wasted.fetch_add(len, Relaxed);
+                }
+                None
+            }
+        }
+    })
+    .flatten();
+    let Some((tid, cancel)) = accepted else {
+        return;
+    };
+    {
+        let mut peers = shard.peers.borrow_mut();
+        if let Some(slot) = peers.get_mut(key) {
+            slot.dl.downloaded += len;
+        }
+        for k in cancel {
+            if let Some(other) = peers.get_mut(k as usize) {
+                if other.session.cancel(b) {
+                    other.wake.notify_one();
+                }
+            }
+        }
+    }
+    let mut buf = match shard.pool.try_take() {
+        Some(buf) => buf,
+        None => shard.pool.take().await,
+    };
+    buf.fill_block(data);
+    let shard2 = shard.clone();
+    crate::server::shard::spawn_task(shard, async move {
+        let (res, buf) = shard2.store.write_block(tid, b.piece, b.begin, buf).await;
+        drop(buf); // back to the pool
+        after_write(&shard2, t, b.piece, res.err());
+    });
+}
+
+/// A write of piece `piece` completed (`err`: it failed).
+fn after_write(
+    shard: &Rc<Shard>,
+    t: usize,
+    piece: u32,
+    err: Option<uring_bt_storage::error::StorageError>,
+) {
+    let ready = with_download(shard, t, |dl| {
+        let ps = dl.pieces.get_mut(&piece)?;
+        ps.writes = ps.writes.saturating_sub(1);
+        if let Some(e) = &err {
+            ps.write_failed = true;
+            if let Some(d) = &dl.torrent.download {
+                if let Ok(mut f) = d.fatal.lock() {
+                    if f.is_none() {
+                        *f = Some(format!(
+                            "cannot write {}: {e}; the download stopped (verified pieces are kept and served)",
+                            dl.torrent.name
+                        ));
+                        tracing::error!("{}", f.as_deref().unwrap_or_default());
+                    }
+                }
+            }
+            dl.stopped = true;
+        }
+        (ps.writes == 0 && (ps.done || ps.write_failed) && !ps.finishing).then(|| {
+            ps.finishing = true;
+        })
+    })
+    .flatten();
+    if ready.is_some() {
+        let shard2 = shard.clone();
+        crate::server::shard::spawn_task(shard, async move {
+            finish_piece(&shard2, t, piece).await;
+        });
+    }
+}
+
+/// Every block of `piece` is received and written: hash what was not hashed in order (read
+/// back through the ring, from the page cache), then pass or fail the piece.
+async fn finish_piece(shard: &Rc<Shard>, t: usize, piece: u32) {
+    let Some((tid, hashed, len, write_failed)) = with_download(shard, t, |dl| {
+        let plen = dl.picker.piece_len(piece);
+        dl.pieces
+            .get(&piece)
+            .map(|ps| (dl.tid, ps.hashed, plen, ps.write_failed))
+    })
+    .flatten() else {
+        return;
+    };
+    let mut tail: Option<Sha1> = None;
+    let mut read_failed = write_failed;
+    if !write_failed && hashed < len {
+        // Out of order: continue the hash from disk.
+        let Some(mut sha) = with_download(shard, t, |dl| {
+            dl.pieces.get(&piece).map(|ps| ps.sha.clone())
+        })
+        .flatten() else {
+            return;
+        };
+        let mut at = hashed;
+        while at < len {
+            let n = (len - at).min(BLOCK_SIZE);
+            let buf = match shard.pool.try_take() {
+                Some(b) => b,
+                None => shard.pool.take().await,
+            };
+            let (res, buf) = shard.store.read_block(tid, piece, at, n, buf).await;
+            if res.is_err() {
+                read_failed = true;
+                break;
+            }
+            sha.update(buf.block());
+            at += n;
+        }
+        tail = Some(sha);
+    }
+    let torrent = match shard.torrent(t) {
+        Some(t) => t,
+        None => return,
+    };
+    let Some(state) = with_download(shard, t, |dl| dl.pieces.remove(&piece)).flatten() else {
+        return;
+    };
+    let digest: [u8; 20] = match tail {
+        Some(sha) => sha.finalize().into(),
+        None => state.sha.finalize().into(),
+    };
+    let good = !read_failed && torrent.piece_hashes.get(piece as usize) == Some(&digest);
+    if good {
+        piece_passed(shard, t, &torrent, piece, &state.contributors);
+    } else {
+        piece_failed(shard, t, &torrent, piece, &state.contributors, read_failed);
+    }
+    fill_all(shard, t);
+}
+
+fn piece_passed(shard: &Shard, t: usize, torrent: &Torrent, piece: u32, contributors: &[u32]) {
+    let (cancel, complete) = match with_download(shard, t, |dl| {
+        let c = dl.picker.piece_passed(piece);
+        (c, dl.picker.is_complete())
+    }) {
+        Some(x) => x,
+        None => return,
+    };
+    torrent.verified.set(piece);
+    torrent.have.set(piece);
+    let mut peers = shard.peers.borrow_mut();
+    for k in contributors {
+        if let Some(slot) = peers.get_mut(*k as usize) {
+            slot.dl.pieces += 1;
+        }
+    }
+    for k in cancel {
+        // Requests of a piece now had: withdraw them (endgame leftovers).
+        if let Some(slot) = peers.get_mut(k as usize) {
+            if slot.session.cancel_piece(piece) {
+                slot.wake.notify_one();
+            }
+        }
+    }
+    if complete {
+        if let Some(dl) = shard.downloads.borrow_mut().get_mut(&t) {
+            dl.stopped = true;
+        }
+    }
+    // HAVE to this shard's peers of the torrent that lack the piece (HAVE suppression in the
+    // session); on completion they also lose our interest, and seeds are dropped.
+    for (_, slot) in peers.iter_mut() {
+        if slot.torrent != Some(t) || slot.closing {
+            continue;
+        }
+        match slot.session.on_we_have(piece, complete) {
+            Ok(true) => slot.wake.notify_one(),
+            Ok(false) => {}
+            Err(reason) => slot.close_for(reason),
+        }
+    }
+    drop(peers);
+    if complete {
+        on_complete(shard, t, torrent);
+    }
+}
+
+fn piece_failed(
+    shard: &Shard,
+    t: usize,
+    torrent: &Torrent,
+    piece: u32,
+    contributors: &[u32],
+    storage: bool,
+) {
+    let _ = with_download(shard, t, |dl| dl.picker.piece_failed(piece));
+    let Some(d) = &torrent.download else {
+        return;
+    };
+    if storage {
+        // Our disk lost it, not the peers: fetch it again, blame nobody.
+        return;
+    }
+    d.hash_failures.fetch_add(1, Relaxed);
+    d.wasted
+        .fetch_add(u64::from(torrent.layout.piece_size(piece)), Relaxed);
+    let points = if contributors.len() == 1 { 2 } else { 1 };
+    let ban_at = shard.cfg.download.ban_points.max(1);
+    let mut peers = shard.peers.borrow_mut();
+    for k in contributors {
+        let Some(slot) = peers.get_mut(*k as usize) else {
+            continue;
+        };
+        slot.dl.hash_failures += 1;
+        slot.dl.points += points;
+        tracing::info!(
+            torrent = %torrent.name,
+            peer = %slot.addr,
+            "piece {piece} failed its hash check ({} contributor(s)); {} point(s) of {ban_at}",
+            contributors.len(),
+            slot.dl.points
+        );
+        if slot.dl.points >= ban_at {
+            if let Ok(mut b) = d.banned.lock() {
+                b.insert(slot.addr.ip());
+            }
+            if let Ok(mut recs) = d.peers.lock() {
+                recs.entry(slot.addr).or_default().banned = true;
+            }
+            tracing::warn!(torrent = %torrent.name, peer = %slot.addr, "banned: sent data that failed the hash check");
+            slot.close_for(CloseReason::Banned);
+        }
+    }
+}
+
+/// The last piece passed: the torrent turns into a seed on every shard.
+fn on_complete(shard: &Shard, t: usize, torrent: &Torrent) {
+    let Some(d) = &torrent.download else {
+        return;
+    };
+    if let Some(tid) = shard.tid(t) {
+        // Open the files read-only again from their next use.
+        shard.store.set_writable(tid, false);
+    }
+    // What seeding's "changed under the seeder" check compares with from now on.
+    torrent.stamp_files();
+    d.active.store(false, Ordering::Release);
+    if let Ok(mut c) = d.completed_at.lock() {
+        c.get_or_insert_with(Instant::now);
+    }
+}
+
+/// Connection `key` of torrent `t` closed: its requests and availability leave the picker, its
+/// figures go to the torrent's record.
+pub fn peer_gone(shard: &Shard, key: usize, t: usize, slot: &mut crate::server::state::PeerSlot) {
+    flush_record(shard, t, slot);
+    let _ = with_download(shard, t, |dl| {
+        dl.picker.peer_gone(key as u32);
+        match slot.dl.counted {
+            Counted::Nothing => {}
+            Counted::Seed => dl.picker.dec_seed(),
+            Counted::Bits => {
+                if let Some(bits) = slot.session.peer().and_then(|p| p.peer_bits()) {
+                    dl.picker.dec_bitfield(bits);
+                }
+            }
+        }
+    });
+}
+
+/// Adds what connection `slot` did since the last flush to its address's record.
+fn flush_record(shard: &Shard, t: usize, slot: &mut crate::server::state::PeerSlot) {
+    let Some(torrent) = shard.torrent(t) else {
+        return;
+    };
+    let Some(d) = &torrent.download else {
+        return;
+    };
+    let (b, p, f) = slot.dl.flushed;
+    if (b, p, f) == (slot.dl.downloaded, slot.dl.pieces, slot.dl.hash_failures)
+        && d.peers.lock().is_ok_and(|r| r.contains_key(&slot.addr))
+    {
+        return;
+    }
+    if let Ok(mut recs) = d.peers.lock() {
+        let r: &mut PeerRecord = recs.entry(slot.addr).or_default();
+        if r.client.is_empty() {
+            r.client = client_name(slot);
+        }
+        r.downloaded += slot.dl.downloaded - b;
+        r.pieces += slot.dl.pieces - p;
+        r.hash_failures += slot.dl.hash_failures - f;
+    };
+    slot.dl.flushed = (slot.dl.downloaded, slot.dl.pieces, slot.dl.hash_failures);
+}
+
+/// The peer's client: `v` of its extension handshake, else its peer id's prefix.
+fn client_name(slot: &crate::server::state::PeerSlot) -> String {
+    if let Some(v) = slot
+        .session
+        .peer()
+        .and_then(|p| p.ext_handshake())
+        .and_then(|h| h.v.clone())
+    {
+        return v
+            .chars()
+            .filter(|c| !c.is_control() && *c != ' ')
+            .take(40)
+            .collect();
+    }
+    slot.session
+        .handshake()
+        .map(|h| {
+            h.peer_id[..8]
+                .iter()
+                .map(|&c| if c.is_ascii_graphic() { c as char } else { '.' })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Once per tick on the home shard: each connection's rate, the snub check, the records, and a
+/// pipeline fill (the rate limit's tokens came back; blocks were freed).
+pub fn tick(shard: &Shard, now: Instant) {
+    let ts: Vec<usize> = shard.downloads.borrow().keys().copied().collect();
+    let snub = shard.cfg.download.snub_timeout;
+    for t in ts {
+        let mut snubbed = Vec::new();
+        {
+            let mut peers = shard.peers.borrow_mut();
+            for (key, slot) in peers.iter_mut() {
+                if slot.torrent != Some(t) {
+                    continue;
+                }
+                let got = slot.dl.downloaded - slot.dl.downloaded_at_tick;
+                slot.dl.downloaded_at_tick = slot.dl.downloaded;
+                let secs = crate::server::state::TICK.as_secs_f64();
+                slot.dl.rate = 0.6 * slot.dl.rate + 0.4 * (got as f64 / secs);
+                if slot.session.check_requests(now, snub) {
+                    tracing::debug!(peer = %slot.addr, "snubbed: no block in {snub:?}, its requests go to other peers");
+                    snubbed.push(key);
+                }
+            }
+            for (_, slot) in peers.iter_mut() {
+                if slot.torrent == Some(t) {
+                    flush_record(shard, t, slot);
+                }
+            }
+        }
+        for key in snubbed {
+            on_events(shard, key, t);
+        }
+        fill_all(shard, t);
+    }
+}
+
+/// Whether `addr` may be connected for torrent `t` (not banned).
+pub fn allowed(torrent: &Torrent, addr: SocketAddr) -> bool {
+    torrent
+        .download
+        .as_ref()
+        .is_none_or(|d| !d.is_banned(addr.ip()))
+}
+
+/// Once per tick on the shards that are not a download's home: HAVE to their peers of that
+/// torrent for the pieces completed since the last tick (HAVE suppression in the session).
+pub fn tell_haves(shard: &Shard) {
+    let mut news: Vec<(usize, Vec<u32>, bool)> = Vec::new();
+    {
+        let mut ts = shard.torrents.borrow_mut();
+        for (t, st) in ts.iter_mut().enumerate() {
+            let Some((told, count)) = st.told.as_mut() else {
+                continue;
+            };
+            let now = st.torrent.have.count();
+            if now == *count {
+                continue;
+            }
+            let mut fresh = Vec::new();
+            for p in 0..st.torrent.have.len() {
+                let byte = (p / 8) as usize;
+                let mask = 0x80u8 >> (p % 8);
+                if told.get(byte).is_some_and(|b| b & mask == 0) && st.torrent.have.get(p) {
+                    told[byte] |= mask;
+                    fresh.push(p);
+                }
+            }
+            *count = now;
+            let seed = st.torrent.is_seed();
+            if seed {
+                st.told = None;
+            }
+            news.push((t, fresh, seed));
+        }
+    }
+    if news.is_empty() {
+        return;
+    }
+    let mut peers = shard.peers.borrow_mut();
+    for (t, fresh, seed) in news {
+        for (_, slot) in peers.iter_mut() {
+            if slot.torrent != Some(t) || slot.closing {
+                continue;
+            }
+            let mut wake = false;
+            for (i, &p) in fresh.iter().enumerate() {
+                let last = seed && i + 1 == fresh.len();
+                match slot.session.on_we_have(p, last) {
+                    Ok(w) => wake |= w,
+                    Err(reason) => {
+                        slot.close_for(reason);
+                        break;
+                    }
+                }
+            }
+            if wake {
+                slot.wake.notify_one();
+            }
+        }
+    }
+}

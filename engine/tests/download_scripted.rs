@@ -1,0 +1,207 @@
+//! `uring-bt download` against scripted seeders that connect to *us* (inbound connections):
+//! with two shards the kernel spreads them over both listeners, and the ones that land on the
+//! shard that is not the download's home must be handed to it (`conn::hand_off`), or they
+//! would only be served, never downloaded from. Every peer must contribute pieces.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{bin, unique_ip, write_random_file, Proc};
+use uring_bt_proto::wire::{self, Handshake, Message, OwnedMessage};
+
+/// A seeder that dials `target` from `ip`, offers every piece and answers requests from `data`,
+/// at most `rate` bytes per second; it stops at `deadline` or when the peer closes.
+#[allow(clippy::too_many_arguments)]
+fn dialing_seeder(
+    ip: Ipv4Addr,
+    target: SocketAddr,
+    info_hash: [u8; 20],
+    data: Arc<Vec<u8>>,
+    piece_len: u32,
+    rate: u64,
+    deadline: Instant,
+    sent: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        sock.bind(&SocketAddr::new(ip.into(), 0).into())
+            .expect("bind");
+        sock.connect(&target.into())
+            .expect("connect to our downloader");
+        let mut s: TcpStream = sock.into();
+        s.set_read_timeout(Some(Duration::from_millis(200))).ok();
+        let mut id = [b'x'; 20];
+        id[..8].copy_from_slice(b"-SC0001-");
+        id[8..12].copy_from_slice(&ip.octets());
+        let hs = Handshake::new(info_hash, id);
+        let mut out = Vec::new();
+        wire::encode_handshake(&hs, &mut out);
+        wire::encode(&OwnedMessage::HaveAll.as_message(), &mut out);
+        wire::encode(&OwnedMessage::Unchoke.as_message(), &mut out);
+        s.write_all(&out).expect("write opening");
+        let mut buf = Vec::new();
+        let mut got_hs = false;
+        let started = Instant::now();
+        let mut budget_sent = 0u64;
+        let mut tmp = vec![0u8; 64 << 10];
+        while Instant::now() < deadline {
+            match s.read(&mut tmp) {
+                Ok(0) => return,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return,
+            }
+            if !got_hs {
+                if buf.len() < 68 {
+                    continue;
+                }
+                buf.drain(..68);
+                got_hs = true;
+            }
+            let mut replies = Vec::new();
+            while let Ok(Some((msg, n))) = wire::decode(&buf, 1 << 20) {
+                if let Message::Request(b) = msg {
+                    let start = u64::from(b.piece) * u64::from(piece_len) + u64::from(b.begin);
+                    let end = start + u64::from(b.len);
+                    if let Some(d) = data.get(start as usize..end as usize) {
+                        wire::encode(
+                            &Message::Piece {
+                                piece: b.piece,
+                                begin: b.begin,
+                                data: d,
+                            },
+                            &mut replies,
+                        );
+                        budget_sent += u64::from(b.len);
+                    }
+                }
+                buf.drain(..n);
+            }
+            if !replies.is_empty() {
+                if s.write_all(&replies).is_err() {
+                    return;
+                }
+                sent.fetch_add(replies.len() as u64, Ordering::Relaxed);
+                // Pace: never ahead of `rate`.
+                let due = Duration::from_secs_f64(budget_sent as f64 / rate as f64);
+                let el = started.elapsed();
+                if due > el {
+                    std::thread::sleep(due - el);
+                }
+            }
+        }
+    })
+}
+
+/// The value of `key=value` in a line of `download`'s output.
+fn kv<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+fn info_hash_hex(p: &Proc) -> [u8; 20] {
+    let line = p
+        .stdout_lines()
+        .into_iter()
+        .find(|l| l.starts_with("info_hash:"))
+        .expect("info_hash line");
+    let hex = line.split_whitespace().nth(1).expect("hex");
+    let mut ih = [0u8; 20];
+    for (i, b) in ih.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex digit");
+    }
+    ih
+}
+
+#[test]
+fn inbound_seeders_on_both_shards_all_contribute() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    let file = src.join("in.bin");
+    let size = 24u64 << 20;
+    write_random_file(&file, size, 7);
+    let torrent = dir.path().join("in.torrent");
+    let mut c = std::process::Command::new(bin());
+    c.args(["create", "--piece-length", "65536"])
+        .arg(&file)
+        .arg("-o")
+        .arg(&torrent);
+    common::run_ok("create", c, Duration::from_secs(60));
+    let out = dir.path().join("out");
+    let ip = unique_ip();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("download")
+        .arg(&torrent)
+        .arg("-o")
+        .arg(&out)
+        .args([
+            "--shards",
+            "2",
+            "--no-resume",
+            "--no-announce",
+            "--status-interval",
+            "0.5",
+        ])
+        .arg("--listen")
+        .arg(format!("{ip}:0"));
+    let mut dl = Proc::spawn("uring-bt download", cmd);
+    let listening = dl.wait_line("listening:", Duration::from_secs(20));
+    let target: SocketAddr = listening
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("listening address");
+    let ih = info_hash_hex(&dl);
+    let data = Arc::new(std::fs::read(&file).expect("read source"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Eight seeders from eight addresses: with two SO_REUSEPORT listeners, the chance that all
+    // land on the home shard (and the hand-off goes untested) is 1 / 2^8.
+    let mut ips = Vec::new();
+    let mut threads = Vec::new();
+    for _ in 0..8 {
+        let sip = unique_ip();
+        ips.push(sip);
+        threads.push(dialing_seeder(
+            sip,
+            target,
+            ih,
+            data.clone(),
+            65536,
+            2 << 20,
+            deadline,
+            Arc::new(AtomicU64::new(0)),
+        ));
+    }
+    let complete = dl.wait_line("complete:", Duration::from_secs(60));
+    assert_eq!(kv(&complete, "resumed"), Some("0"), "{complete}");
+    let status = dl.wait_exit(Duration::from_secs(20));
+    assert!(status.success(), "download failed: {}", dl.logs());
+    common::assert_same_file(&file, &out.join("in.bin"));
+    let lines = dl.stdout_lines();
+    let peers: Vec<&String> = lines.iter().filter(|l| l.starts_with("peer:")).collect();
+    for sip in &ips {
+        let line = peers
+            .iter()
+            .find(|l| kv(l, "addr").is_some_and(|a| a.starts_with(&format!("{sip}:"))))
+            .unwrap_or_else(|| panic!("no peer line for {sip}: {peers:?}\n{}", dl.logs()));
+        let pieces: u64 = kv(line, "pieces").and_then(|p| p.parse().ok()).unwrap_or(0);
+        assert!(
+            pieces > 0,
+            "{sip} contributed nothing (not handed to the home shard?): {line}"
+        );
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+}
