@@ -25,8 +25,8 @@
 //!   announce comes at a random offset within `(torrents not yet announced) / rate` seconds of
 //!   its addition, so torrents added together spread their `started` evenly.
 //! - **Re-announce** at the tracker's `interval`, up to [`JITTER`] of it earlier, never before
-//!   its `min interval`; `completed` (after [`Announcer::completed`]) goes out as soon as the
-//!   tracker's `min interval` allows. The event per tracker: `started` until one succeeded,
+//!   its `min interval`; `completed` (after [`Announcer::completed`]) goes out at once (not held
+//!   by `min interval`, which bounds re-announces). The event per tracker: `started` until one succeeded,
 //!   then `completed` if pending, else none. `uploaded`/`downloaded`/`left` are read from the
 //!   torrent's `progress()` when each announce starts. A `tracker id` is kept per tracker and
 //!   sent back.
@@ -1100,7 +1100,7 @@ impl Sched {
                 tr.peers_received = resp.peers.len();
                 let min = resp.min_interval.unwrap_or(Duration::ZERO);
                 let due = if tr.completed_pending {
-                    now + min
+                    now
                 } else {
                     (now + resp.interval - resp.interval.mul_f64(jitter)).max(now + min)
                 };
@@ -1243,14 +1243,14 @@ impl Sched {
             if s.in_flight {
                 continue;
             }
-            let Some(tid) = Self::pick(t, si, now) else {
+            if Self::pick(t, si, now).is_none() {
                 continue;
-            };
-            let tr = &t.trackers[tid];
-            let earliest = match (tr.last_ok, tr.min_interval) {
-                (Some(at), Some(min)) => (at + min).max(now),
-                _ => now,
-            };
+            }
+            // BEP 3: `completed` is sent when the download completes. It does not wait for the
+            // tracker's `min interval` (which bounds re-announces): a tracker that counts
+            // completions, and the leechers it hands our address to as a seed, hear it now, as
+            // libtorrent and transmission do.
+            let earliest = now;
             if earliest < due {
                 resched.push((si, earliest));
             }
@@ -1675,10 +1675,11 @@ mod tests {
             })),
             now,
         );
-        // completed(): out as soon as min interval allows, with the event and the tracker id.
+        // completed(): out at once (min interval bounds re-announces, not `completed`), with the
+        // event and the tracker id.
         s.completed(&ih, now);
         let j = next_job(&mut s, &mut now, t0 + Duration::from_secs(2000)).unwrap();
-        assert_eq!(now.duration_since(first), Duration::from_secs(300));
+        assert_eq!(now.duration_since(first), Duration::ZERO);
         let req = j.req.clone().unwrap();
         assert_eq!(req.event, Event::Completed);
         assert_eq!(req.tracker_id.as_deref(), Some(&b"tid"[..]));
