@@ -487,6 +487,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
                 client: ClientConfig {
                     udp_base_timeout: Duration::from_secs(args.udp_timeout),
                     udp_max_retransmit: args.udp_retries,
+                    local_ip: Some(bound.ip()).filter(|ip| !ip.is_unspecified()),
                     ..cfg.client.clone()
                 },
                 ..cfg

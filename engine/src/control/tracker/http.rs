@@ -52,6 +52,7 @@ impl HttpTracker {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
+        http.set_local_address(cfg.local_ip);
         // The TLS layer decides per URL; the inner connector must accept https URLs too.
         http.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()

@@ -47,6 +47,9 @@ pub struct ClientConfig {
     /// Retransmissions of a UDP request after the first try (clamped to
     /// [`udp::MAX_RETRANSMIT`]).
     pub udp_max_retransmit: u32,
+    /// The local address announces leave from (`--listen`'s IP when it names one): a tracker
+    /// that ignores `ip=` (opentracker does) then hands out the address we listen on.
+    pub local_ip: Option<std::net::IpAddr>,
 }
 
 impl Default for ClientConfig {
@@ -58,6 +61,7 @@ impl Default for ClientConfig {
             user_agent: concat!("uring-bt/", env!("CARGO_PKG_VERSION")).to_string(),
             udp_base_timeout: Duration::from_secs(15),
             udp_max_retransmit: 3,
+            local_ip: None,
         }
     }
 }

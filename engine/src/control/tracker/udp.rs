@@ -75,8 +75,21 @@ impl Drop for UdpTracker {
     }
 }
 
-fn bind_socket() -> std::io::Result<(std::net::UdpSocket, bool)> {
+fn bind_socket(local: Option<std::net::IpAddr>) -> std::io::Result<(std::net::UdpSocket, bool)> {
     use socket2::{Domain, Protocol, Socket, Type};
+    if let Some(ip) = local {
+        // Announces leave from our listening address (IPv4 or IPv6 trackers only, as it is).
+        let domain = if ip.is_ipv4() {
+            Domain::IPV4
+        } else {
+            Domain::IPV6
+        };
+        let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        s.bind(&SocketAddr::new(ip, 0).into())?;
+        let _ = s.set_recv_buffer_size(RECV_BUFFER);
+        s.set_nonblocking(true)?;
+        return Ok((s.into(), ip.is_ipv6()));
+    }
     let dual = (|| -> std::io::Result<Socket> {
         let s = Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP))?;
         s.set_only_v6(false)?;
@@ -110,7 +123,7 @@ fn normalize(a: SocketAddr) -> SocketAddr {
 
 impl UdpTracker {
     pub(crate) fn new(cfg: &ClientConfig) -> std::io::Result<UdpTracker> {
-        let (std_sock, v6_socket) = bind_socket()?;
+        let (std_sock, v6_socket) = bind_socket(cfg.local_ip)?;
         let socket = Arc::new(UdpSocket::from_std(std_sock)?);
         let shared = Arc::new(Mutex::new(Shared {
             pending: HashMap::new(),
