@@ -707,23 +707,31 @@ mod proptests {
     }
 }
 
-/// Allocates every data file of `layout` beneath `root` to its full length (`fallocate` mode 0:
-/// blocks allocated, existing data untouched), creating the files and their directories as
-/// a download would ([`open_data_file`], read-write: never out of the save directory). Padding
-/// files are skipped. Returns the bytes the files cover. A full disk fails here, before any
+/// Before a download: creates the zero-length files of `layout` beneath `root` (no piece ever
+/// writes them), and with `allocate` every data file at its full length (`fallocate` mode 0:
+/// blocks allocated, existing data untouched), as a download would open them
+/// ([`open_data_file`], read-write: never out of the save directory). Padding files are
+/// skipped. Returns the bytes the files cover. A full disk fails here, before any
 /// byte is fetched ([`StorageError::NoSpace`] through [`StorageError::from_io`]).
 ///
 /// Why (measured, docs/benchmarks.md): on ext4 here, writing 1 GiB into a new sparse file cost
 /// about 3 s of system CPU, into a preallocated one about 1 s.
-pub fn preallocate(root: &Path, layout: &crate::layout::Layout) -> Result<u64, StorageError> {
+pub fn prepare_files(
+    root: &Path,
+    layout: &crate::layout::Layout,
+    allocate: bool,
+) -> Result<u64, StorageError> {
     std::fs::create_dir_all(root).map_err(|e| StorageError::from_io(root.to_path_buf(), e))?;
     let root_fd = open_root(root)?;
     let mut total = 0u64;
     for f in layout.files() {
-        if f.padding || f.length == 0 {
+        if f.padding || (f.length > 0 && !allocate) {
             continue;
         }
         let fd = open_data_file(root_fd.as_raw_fd(), root, &f.path, OpenMode::ReadWrite)?;
+        if f.length == 0 {
+            continue;
+        }
         let len = i64::try_from(f.length).map_err(|_| StorageError::UnsafePath {
             path: root.join(&f.path),
         })?;

@@ -263,10 +263,11 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<ExitCode> {
         })
     };
     let have = crate::torrent::check::check_for_download(&meta, &root, state_dir.as_deref(), cores);
+    // Files of zero length have no piece to bring them into being: create them now (and every
+    // file, allocated in full, with --preallocate).
+    let bytes = uring_bt_storage::files::prepare_files(&root, &meta.layout(), args.preallocate)
+        .with_context(|| format!("cannot create {} under {}", meta.name, root.display()))?;
     if args.preallocate {
-        let layout = meta.layout();
-        let bytes = uring_bt_storage::files::preallocate(&root, &layout)
-            .with_context(|| format!("cannot allocate {} under {}", meta.name, root.display()))?;
         eprintln!(
             "{}: {} allocated under {}",
             meta.name,
@@ -382,10 +383,17 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<ExitCode> {
         let announcer = if args.no_announce || tiers.is_empty() {
             None
         } else {
+            let base = AnnouncerConfig::new(peer_id, bound.port());
             let cfg = AnnouncerConfig {
                 ip: args.announce_ip,
                 stop_timeout,
-                ..AnnouncerConfig::new(peer_id, bound.port())
+                client: crate::control::tracker::ClientConfig {
+                    // Announces leave from the listening address: a tracker that ignores
+                    // `ip=` (opentracker) then hands out the address we listen on.
+                    local_ip: Some(bound.ip()).filter(|ip| !ip.is_unspecified()),
+                    ..base.client.clone()
+                },
+                ..base
             };
             let a = Announcer::new(cfg).context("cannot start the tracker client")?;
             let t2 = torrent.clone();
@@ -418,6 +426,11 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<ExitCode> {
             announcer,
             dialer: DialerConfig {
                 max_per_torrent: args.max_dials,
+                // A peer that dropped us (a seeder still checking its data, a restart) is
+                // tried again soon and not forgotten: a download has few sources.
+                retry_base: Duration::from_secs(2),
+                retry_max: Duration::from_secs(30),
+                max_failures: 1000,
                 ..DialerConfig::default()
             },
             own,
