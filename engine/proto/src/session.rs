@@ -238,7 +238,13 @@ pub struct Session {
     scratch: Vec<u8>,
     /// Downloading: when the last PIECE we asked for arrived (or the first request went out).
     last_block: Instant,
+    /// Peers the peer told us about (PEX `added`), not yet taken by the driver.
+    pex_peers: Vec<std::net::SocketAddr>,
 }
+
+/// Most PEX peers a session keeps until the driver takes them (one message's `added` is at
+/// most a few hundred; we keep fewer).
+pub const PEX_PEERS_KEPT: usize = 100;
 
 impl Session {
     /// A new inbound connection from `remote_ip`, accepted at `now`.
@@ -263,6 +269,7 @@ impl Session {
             pex_received: 0,
             scratch: Vec::new(),
             last_block: now,
+            pex_peers: Vec::new(),
         }
     }
 
@@ -289,6 +296,12 @@ impl Session {
     /// The port the peer listens on, from its extension handshake.
     pub fn peer_listen_port(&self) -> Option<u16> {
         self.peer.as_ref()?.ext_handshake()?.p.filter(|&p| p != 0)
+    }
+
+    /// The peers PEX messages from this peer named since the last call (never for a private
+    /// torrent: we do not advertise `ut_pex` then).
+    pub fn take_pex_peers(&mut self) -> Vec<std::net::SocketAddr> {
+        std::mem::take(&mut self.pex_peers)
     }
 
     /// PEX messages received from this peer and decoded.
@@ -436,8 +449,15 @@ impl Session {
                             r.wake |= on_metadata(peer, &mut self.metadata, payload, &mut self.out);
                         } else if id == OUR_UT_PEX_ID && self.pex_out.is_some() {
                             // Lenient: a malformed or too frequent PEX message is ignored.
-                            if let Ok(Some(_)) = self.pex_in.on_message(self.last_recv, payload) {
+                            if let Ok(Some(m)) = self.pex_in.on_message(self.last_recv, payload) {
                                 self.pex_received += 1;
+                                // Kept for the driver (a download dials them), at most
+                                // PEX_PEERS_KEPT until taken.
+                                for (a, _) in m.added {
+                                    if self.pex_peers.len() < PEX_PEERS_KEPT {
+                                        self.pex_peers.push(a);
+                                    }
+                                }
                             }
                         }
                     }
@@ -862,6 +882,41 @@ mod tests {
         assert_eq!(r.consumed, 4 + 9 + 100, "stops right after the PIECE");
         let r2 = s.receive(&input[r.consumed..]).unwrap();
         assert!(r2.block.is_none() && r2.events);
+    }
+
+    #[test]
+    fn pex_peers_are_kept_for_the_driver_bounded_and_rate_limited() {
+        let t0 = Instant::now();
+        let mut s = Session::new(SessionConfig::new([1; 20], 6881, 50), None, t0);
+        s.receive(&their_handshake(true)).unwrap();
+        s.attach(&leech_view(), &[]);
+        let msg = crate::ext::PexMessage {
+            added: (0..300u16)
+                .map(|i| (std::net::SocketAddr::from(([127, 0, 1, 1], 1000 + i)), 0))
+                .collect(),
+            dropped: vec![],
+        };
+        let mut payload = Vec::new();
+        crate::ext::encode_pex(&msg, &mut payload);
+        let mut input = Vec::new();
+        wire::encode(
+            &Message::Extended {
+                id: OUR_UT_PEX_ID,
+                payload: &payload,
+            },
+            &mut input,
+        );
+        s.receive(&input).unwrap();
+        let got = s.take_pex_peers();
+        assert!(
+            !got.is_empty() && got.len() <= PEX_PEERS_KEPT,
+            "{}",
+            got.len()
+        );
+        assert!(s.take_pex_peers().is_empty(), "taken once");
+        // A second message within the interval is not even decoded.
+        s.receive(&input).unwrap();
+        assert!(s.take_pex_peers().is_empty());
     }
 
     #[test]

@@ -182,6 +182,19 @@ impl Dialer {
     /// A shard's report on a connection we asked for.
     pub fn on_event(&mut self, e: ShardEvent, now: Instant) {
         let (torrent, addr, ok, seed, closed) = match e {
+            ShardEvent::Found { torrent, peers } => {
+                if let Some(ih) = self.by_index.get(&torrent).copied() {
+                    self.on_found(
+                        FoundPeers {
+                            info_hash: ih,
+                            tracker: "pex".into(),
+                            peers,
+                        },
+                        now,
+                    );
+                }
+                return;
+            }
             ShardEvent::DialDone {
                 torrent,
                 addr,

@@ -368,6 +368,21 @@ pub fn tick_sessions(shard: &Shard, now: Instant) {
                 }
             }
         }
+        // BEP 11: peers this peer told us about, for a torrent we download (the dialer
+        // decides whether and when to dial them).
+        if let Some(t) = slot.torrent {
+            let pex = slot.session.take_pex_peers();
+            if !pex.is_empty()
+                && shard
+                    .torrent(t)
+                    .is_some_and(|tt| tt.is_downloading() && !tt.private)
+            {
+                shard.event(ShardEvent::Found {
+                    torrent: t,
+                    peers: pex,
+                });
+            }
+        }
         if slot.listen_addr.is_none() {
             if let (Some(t), Some(port)) = (slot.torrent, slot.session.peer_listen_port()) {
                 let listen = SocketAddr::new(slot.addr.ip(), port);

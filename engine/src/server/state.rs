@@ -220,6 +220,12 @@ pub enum ShardEvent {
         addr: SocketAddr,
         seed: bool,
     },
+    /// Peers learnt from PEX for `torrent` (a download dials them). At most
+    /// `session::PEX_PEERS_KEPT` per event.
+    Found {
+        torrent: usize,
+        peers: Vec<SocketAddr>,
+    },
 }
 
 /// What the control plane asks of a shard (a bounded channel per shard).
