@@ -2,13 +2,22 @@
 """aria2c 1.36 as a SEEDER on loopback (it only accepts incoming connections when seeding).
 
 usage: aria2_seed.py TORRENT... --data DIR --listen 127.0.0.x:PORT [--timeout S] [--workdir DIR]
+                     [--tracker URL]... [--rate BYTES_PER_S]
 
 Starts aria2c with DHT, LPD, PEX off (aria2 has no uTP and no UPnP), bound to the given
 127.0.0.x (--interface), hash-checking DIR/<name> first (-V), then seeding forever
 (--seed-ratio=0). Readiness is read over aria2's JSON-RPC (on 127.0.0.1, random secret):
 once every download is a complete seeder, prints `info_hash: <hex>` per torrent,
-`pid: <aria2c pid>` and `listening: ip:port`, then serves until SIGTERM/SIGINT.
+`pid: <aria2c pid>` and `listening: ip:port`, then serves until SIGTERM/SIGINT (on stop
+`uploaded: <bytes>` on stderr).
 Exit 1 if the data is not complete or the check does not finish, 3 if aria2c is missing.
+
+Trackers: aria2 announces to the torrent's own announce URLs (from the --interface address,
+with its --listen-port: what opentracker records) and to every --tracker (`--bt-tracker`);
+all must be on 127.0.0.0/8 (exit 2 otherwise). aria2 1.36 has no UDP tracker with its DHT
+off: give it http:// ones. As a seeder aria2 dials nobody: a leecher must find it through
+the tracker and dial it. --rate caps the upload (`--max-overall-upload-limit` and the
+per-torrent `--max-upload-limit`, bytes per second; aria2 exempts no local peer).
 """
 import argparse
 import json
@@ -24,6 +33,7 @@ import urllib.request
 sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from drvcommon import free_port, install_stop_handlers, log, parse_addr, stopping  # noqa: E402
+from trackcommon import check_target, check_url_loopback  # noqa: E402
 
 
 class Rpc:
@@ -54,8 +64,17 @@ def main():
     ap.add_argument("--timeout", type=float, default=3600.0)
     ap.add_argument("--check-timeout", type=float, default=600.0)
     ap.add_argument("--workdir")
+    ap.add_argument("--tracker", action="append", default=[], help="extra announce URL (http://)")
+    ap.add_argument("--rate", type=int, default=0, help="upload limit, bytes per second")
     args = ap.parse_args()
     install_stop_handlers()
+    for t in args.tracker:
+        check_url_loopback(t)
+    for t in args.torrents:
+        check_target(t)  # every announce URL of the torrent on loopback
+    if args.rate < 0:
+        log("error: --rate must not be negative")
+        return 2
     exe = shutil.which("aria2c")
     if exe is None:
         log("error: aria2c is not installed (Debian package aria2)")
@@ -86,8 +105,8 @@ def main():
         "--bt-enable-lpd=false",
         "--enable-peer-exchange=false",
         "--bt-max-peers=0",
-        "--max-overall-upload-limit=0",
-        "--max-upload-limit=0",
+        "--max-overall-upload-limit=%d" % args.rate,
+        "--max-upload-limit=%d" % args.rate,
         "--file-allocation=none",
         "--auto-save-interval=0",
         "--save-session-interval=0",
@@ -101,7 +120,10 @@ def main():
         "--rpc-listen-port=%d" % rpc_port,
         "--rpc-secret=%s" % secret,
         "--stop-with-process=%d" % os.getpid(),
-    ] + [os.path.abspath(t) for t in args.torrents]
+    ]
+    if args.tracker:
+        cmd.append("--bt-tracker=%s" % ",".join(args.tracker))
+    cmd += [os.path.abspath(t) for t in args.torrents]
     logf = open(os.path.join(workdir, "aria2c.log"), "wb")
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, cwd=workdir)
     rpc = Rpc(rpc_port, secret)
@@ -144,6 +166,8 @@ def main():
         try:
             st = rpc.call("aria2.getGlobalStat")
             log("upload speed at stop: %s" % st.get("uploadSpeed"))
+            act = rpc.call("aria2.tellActive", ["uploadLength"])
+            log("uploaded: %d" % sum(int(a.get("uploadLength", 0)) for a in act))
         except Exception:
             pass
         return 0

@@ -2,12 +2,17 @@
 """A libtorrent SEEDER that behaves like `uring-bt seed` on its stdout.
 
 usage: lt_seed.py TORRENT... --data DIR [--listen 127.0.0.x:PORT] [--timeout S] [--seed-mode]
+                  [--rate BYTES_PER_S]
 
 Checks DIR/<name> against each torrent (unless --seed-mode), then prints
 `info_hash: <hex>` per torrent and `listening: <ip>:<port>` and serves until
 SIGTERM/SIGINT (exit 0) or --timeout seconds (exit 0 too: the caller decides).
 Exit 1 when the data is not complete, 3 when libtorrent is missing.
 On stop it prints `uploaded: <bytes>` on stderr.
+
+--rate caps the upload of each torrent (`torrent_handle.set_upload_limit`; the session's
+`upload_rate_limit` is set to it too): loopback peers are in libtorrent's local peer class,
+which the session limits do not reach, while a torrent's own limit applies to all its peers.
 """
 import argparse
 import os
@@ -30,8 +35,12 @@ def main():
     ap.add_argument(
         "--seed-mode", action="store_true", help="skip the start-up check (hashes lazily instead)"
     )
+    ap.add_argument("--rate", type=int, default=0, help="upload limit per torrent, bytes per second")
     args = ap.parse_args()
     install_stop_handlers()
+    if args.rate < 0:
+        log("error: --rate must not be negative")
+        return 2
 
     ip, port = ltcommon.parse_addr(args.listen)
     ses = ltcommon.make_session(
@@ -42,6 +51,7 @@ def main():
             "connections_limit": 500,
             # a seeder should not go idle-close on slow test leechers
             "inactivity_timeout": 600,
+            "upload_rate_limit": args.rate,
         },
     )
     handles = []
@@ -52,7 +62,10 @@ def main():
         p.flags = ltcommon.torrent_flags_base()
         if args.seed_mode:
             p.flags |= lt.torrent_flags.seed_mode
-        handles.append(ses.add_torrent(p))
+        h = ses.add_torrent(p)
+        if args.rate:
+            h.set_upload_limit(args.rate)
+        handles.append(h)
 
     deadline = time.monotonic() + args.check_timeout
     while not stopping():
@@ -80,6 +93,8 @@ def main():
     port = ltcommon.wait_listen(ses, 10)
     for h in handles:
         print("info_hash: %s" % str(h.info_hashes().v1), flush=True)
+    if args.rate:
+        log("upload limit: %s bytes/s per torrent" % [h.upload_limit() for h in handles])
     print("listening: %s:%d" % (ip, port), flush=True)
 
     end = time.monotonic() + args.timeout

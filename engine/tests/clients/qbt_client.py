@@ -5,6 +5,7 @@ usage:
   qbt_client.py leech TORRENT --save DIR --peer IP:PORT [--peer ...] --bind 127.0.0.x
                 [--timeout S] [--workdir DIR]
   qbt_client.py seed TORRENT... --data DIR --listen 127.0.0.x:PORT [--timeout S] [--workdir DIR]
+                [--rate BYTES_PER_S]
 
 qbittorrent-nox runs with a private --profile (its qBittorrent.conf is written before start:
 legal notice accepted, Web UI on 127.0.0.1 without auth for localhost, DHT/PeX/LSD/UPnP/NAT-PMP
@@ -14,7 +15,10 @@ leech: adds the torrent (/api/v2/torrents/add), then the peers (/api/v2/torrents
 polls /api/v2/torrents/info; prints `progress: <0..1> <bytes> <peers>` and `result: {json}`;
 exit 0 once progress is 1 and the state is a seeding one, 1 on timeout/error.
 seed: prints `info_hash:`, `pid:` and `listening: ip:port` once every torrent is checked and
-complete, serves until SIGTERM/SIGINT.
+complete, serves until SIGTERM/SIGINT. --rate caps the upload: the global limit
+(`/api/v2/transfer/setUploadLimit`) with limits applied to LAN peers (preference
+`limit_lan_peers`; loopback peers count as LAN and are otherwise unlimited) and each
+torrent's own limit (`/api/v2/torrents/setUploadLimit`), all read back before `listening:`.
 Exit 3 when qbittorrent-nox is not installed.
 """
 import argparse
@@ -40,7 +44,7 @@ ERROR_STATES = {"error", "missingFiles"}
 
 
 class Qbt:
-    def __init__(self, workdir, bind_ip, port, save_dir):
+    def __init__(self, workdir, bind_ip, port, save_dir, up_rate=0):
         check_loopback(bind_ip)
         exe = shutil.which("qbittorrent-nox")
         if exe is None:
@@ -72,7 +76,7 @@ Session\\Port={port}
 Session\\DefaultSavePath={save}
 Session\\TempPathEnabled=false
 Session\\AddTorrentPaused=false
-Session\\IgnoreLimitsOnLAN=true
+Session\\IgnoreLimitsOnLAN={ignore_lan}
 Session\\MaxUploads=-1
 Session\\MaxUploadsPerTorrent=-1
 Session\\AnnounceToAllTrackers=false
@@ -97,7 +101,8 @@ WebUI\\HostHeaderValidation=false
 WebUI\\UseUPnP=false
 Advanced\\trackerPortForwarding=false
 """.format(
-            workdir=workdir, ip=bind_ip, port=port, save=save_dir, webui=self.webui_port
+            workdir=workdir, ip=bind_ip, port=port, save=save_dir, webui=self.webui_port,
+            ignore_lan="false" if up_rate else "true",
         )
         with open(os.path.join(conf_dir, "qBittorrent.conf"), "w") as f:
             f.write(conf)
@@ -136,6 +141,16 @@ Advanced\\trackerPortForwarding=false
                 raise RuntimeError("qbittorrent-nox preference %s is %r, not %r" % (key, prefs.get(key), want))
         if prefs.get("bittorrent_protocol") != 1:
             raise RuntimeError("qbittorrent-nox is not TCP-only: %r" % prefs.get("bittorrent_protocol"))
+        if up_rate:
+            self.post("/api/v2/app/setPreferences",
+                      {"json": json.dumps({"limit_lan_peers": True, "up_limit": up_rate})})
+            self.post("/api/v2/transfer/setUploadLimit", {"limit": str(up_rate)})
+            prefs = json.loads(self.get("/api/v2/app/preferences"))
+            got = int(self.get("/api/v2/transfer/uploadLimit"))
+            if got != up_rate or prefs.get("limit_lan_peers") is not True:
+                raise RuntimeError("qbittorrent-nox upload limit %r (limit_lan_peers %r), not %d"
+                                   % (got, prefs.get("limit_lan_peers"), up_rate))
+        self.up_rate = up_rate
         self.prefs = prefs
 
     def output(self):
@@ -306,15 +321,34 @@ def seed(args):
     if port == 0:
         port = free_port(ip)
     data = os.path.abspath(args.data)
-    q = Qbt(args.workdir, ip, port, data)
+    q = Qbt(args.workdir, ip, port, data, args.rate)
     try:
         hs = [q.add(t, data) for t in args.torrents]
         deadline = time.monotonic() + args.check_timeout
+        if args.rate:
+            for h in hs:
+                while q.info(h) is None:
+                    if time.monotonic() > deadline or stopping():
+                        log("error: torrent %s did not appear in qbittorrent-nox" % h)
+                        return 1
+                    time.sleep(0.05)
+            q.post("/api/v2/torrents/setUploadLimit", {"hashes": "|".join(hs), "limit": str(args.rate)})
+        # Ready once every torrent has been seeding (checked, complete) for SETTLE seconds:
+        # qBittorrent closes the connections it accepts around the moment its check ends
+        # ("Torrent download finished" in its log), a little after the Web API already shows a
+        # seeding state; a leecher that dialed at once was dropped.
+        settle = 2.0
+        ready_since = None
         while True:
             ts = [q.info(h) for h in hs]
             if all(t is not None and t["state"] in SEED_STATES and t["state"] != "checkingUP"
-                   and t["progress"] >= 1.0 for t in ts):
-                break
+                   and t["progress"] >= 1.0 and t.get("completion_on", 0) > 0 for t in ts):
+                if ready_since is None:
+                    ready_since = time.monotonic()
+                if time.monotonic() - ready_since >= settle:
+                    break
+            else:
+                ready_since = None
             bad = [t for t in ts if t is not None and t["state"] in ("stalledDL", "pausedDL",
                                                                    "downloading", "metaDL")
                    and t["progress"] < 1.0]
@@ -325,6 +359,12 @@ def seed(args):
                 log("error: qbittorrent-nox check did not finish within %ss" % args.check_timeout)
                 return 1
             time.sleep(0.1)
+        if args.rate:
+            limits = json.loads(q.post("/api/v2/torrents/uploadLimit", {"hashes": "|".join(hs)}))
+            if any(limits.get(h) != args.rate for h in hs):
+                log("error: torrent upload limits %r, not %d" % (limits, args.rate))
+                return 1
+            log("upload limit: %d bytes/s (global), per torrent %r" % (args.rate, limits))
         for h in hs:
             print("info_hash: %s" % h, flush=True)
         print("pid: %d" % q.proc.pid, flush=True)
@@ -358,6 +398,7 @@ def main():
     sp.add_argument("--timeout", type=float, default=3600.0)
     sp.add_argument("--check-timeout", type=float, default=600.0)
     sp.add_argument("--workdir")
+    sp.add_argument("--rate", type=int, default=0, help="upload limit, bytes per second")
     args = ap.parse_args()
     install_stop_handlers()
     tmp = None

@@ -5,13 +5,15 @@ usage:
   rtorrent_client.py leech TORRENT --save DIR --peer IP:PORT [--peer ...] --bind 127.0.0.x
                      [--timeout S] [--workdir DIR]
   rtorrent_client.py seed TORRENT... --data DIR --listen 127.0.0.x:PORT [--timeout S]
-                     [--workdir DIR]
+                     [--workdir DIR] [--rate BYTES_PER_S]
 
 leech: rtorrent downloads TORRENT into DIR from the given peers (d.add_peer), prints
 `progress: <0..1> <bytes> <peers>` about once a second and `result: {json}`; exit 0 when
 d.complete is 1, 1 on timeout or error.
 seed: rtorrent checks and seeds DIR; prints `info_hash: <hex>` per torrent,
 `listening: ip:port` and `pid: <rtorrent pid>` then serves until SIGTERM/SIGINT.
+--rate caps rtorrent's whole upload (`throttle.global_up.max_rate.set`, bytes per second; it
+applies to loopback peers too: rtorrent exempts none by default); read back over XML-RPC.
 rtorrent has no DHT (dht.mode disable), no PEX (protocol.pex no), no UDP trackers,
 no uTP, no UPnP/LSD; it binds to the given 127.0.0.x only.
 Exit 3 when rtorrent is not installed.
@@ -72,7 +74,7 @@ class Scgi:
 class Rtorrent:
     """One rtorrent process in a private work dir; killed by PID on close()."""
 
-    def __init__(self, workdir, bind_ip, port, directory):
+    def __init__(self, workdir, bind_ip, port, directory, up_rate=0):
         check_loopback(bind_ip)
         self.workdir = workdir
         self.sock = os.path.join(workdir, "rpc.sock")
@@ -95,7 +97,7 @@ class Rtorrent:
             "protocol.encryption.set = allow_incoming,try_outgoing,enable_retry",
             # do not throttle, let a seeder unchoke everyone in a test
             "throttle.global_down.max_rate.set = 0",
-            "throttle.global_up.max_rate.set = 0",
+            "throttle.global_up.max_rate.set = %d" % up_rate,
             "throttle.max_uploads.set = 100",
             "throttle.max_uploads.global.set = 100",
             "throttle.min_peers.normal.set = 1",
@@ -296,8 +298,14 @@ def seed(args):
     if port == 0:
         port = free_port(ip)
     data = os.path.abspath(args.data)
-    rt = Rtorrent(args.workdir, ip, port, data)
+    rt = Rtorrent(args.workdir, ip, port, data, args.rate)
     try:
+        if args.rate:
+            got = rt.rpc.call("throttle.global_up.max_rate", "")
+            if got != args.rate:
+                log("error: rtorrent upload limit is %r, not %d" % (got, args.rate))
+                return 1
+            log("upload limit: %d bytes/s" % got)
         for t in args.torrents:
             rt.load(t, data)
         hs = wait_loaded(rt, len(args.torrents), 15)
@@ -353,6 +361,7 @@ def main():
     sp.add_argument("--timeout", type=float, default=3600.0)
     sp.add_argument("--check-timeout", type=float, default=600.0)
     sp.add_argument("--workdir")
+    sp.add_argument("--rate", type=int, default=0, help="upload limit, bytes per second")
     args = ap.parse_args()
     install_stop_handlers()
     tmp = None
