@@ -205,3 +205,115 @@ fn inbound_seeders_on_both_shards_all_contribute() {
         let _ = t.join();
     }
 }
+
+/// A tmpfs of `size` mounted at `at` for the test's life (root only).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).expect("mkdir mount point");
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .expect("run mount");
+        assert!(st.success(), "mount tmpfs at {} (needs root)", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+#[ignore = "needs root to mount a tmpfs: scripts/test runs it (cargo test -- --include-ignored)"]
+fn a_full_disk_stops_the_download_with_a_clear_error_and_keeps_verified_pieces() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("big.bin");
+    write_random_file(&file, 16 << 20, 11);
+    let torrent = dir.path().join("big.torrent");
+    let mut c = std::process::Command::new(bin());
+    c.args(["create", "--piece-length", "65536"])
+        .arg(&file)
+        .arg("-o")
+        .arg(&torrent);
+    common::run_ok("create", c, Duration::from_secs(60));
+    // 16 MiB of data onto a 6 MiB file system.
+    let mnt = dir.path().join("small");
+    let fs = Tmpfs::mount(&mnt, "6m");
+    let ip = unique_ip();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("download")
+        .arg(&torrent)
+        .arg("-o")
+        .arg(&mnt)
+        .args([
+            "--shards",
+            "1",
+            "--no-resume",
+            "--no-announce",
+            "--status-interval",
+            "0.2",
+        ])
+        .arg("--listen")
+        .arg(format!("{ip}:0"));
+    let mut dl = Proc::spawn("uring-bt download", cmd);
+    let listening = dl.wait_line("listening:", Duration::from_secs(20));
+    let target: SocketAddr = listening
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("listening address");
+    let ih = info_hash_hex(&dl);
+    let data = Arc::new(std::fs::read(&file).expect("read source"));
+    let seeder = dialing_seeder(
+        unique_ip(),
+        target,
+        ih,
+        data,
+        65536,
+        64 << 20,
+        Instant::now() + Duration::from_secs(30),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let status = dl.wait_exit(Duration::from_secs(40));
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "exit 1 on a full disk: {}",
+        dl.logs()
+    );
+    let err = dl.stderr_text();
+    assert!(
+        err.contains("cannot write big.bin") && err.to_lowercase().contains("space"),
+        "a clear error naming the file and the full disk: {err}"
+    );
+    let lines = dl.stdout_lines();
+    assert!(
+        !lines.iter().any(|l| l.starts_with("complete:")),
+        "never complete"
+    );
+    let have: u64 = lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("progress:"))
+        .and_then(|l| kv(l, "have"))
+        .and_then(|v| v.parse().ok())
+        .expect("a progress line");
+    assert!(have > 0, "some pieces were verified before the disk filled");
+    // What it reported as verified is intact on disk.
+    let mut v = std::process::Command::new(bin());
+    v.args(["verify", "--json"]).arg(&torrent).arg(&mnt);
+    let out = common::run("verify", v, Duration::from_secs(60));
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("verify --json output");
+    let good = json["good"].as_u64().expect("good count");
+    assert!(
+        good >= have,
+        "{good} good pieces on disk, {have} reported verified"
+    );
+    let _ = seeder.join();
+    drop(fs);
+}
