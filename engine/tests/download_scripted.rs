@@ -317,3 +317,57 @@ fn a_full_disk_stops_the_download_with_a_clear_error_and_keeps_verified_pieces()
     let _ = seeder.join();
     drop(fs);
 }
+
+#[test]
+fn the_download_rate_limit_holds() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("slow.bin");
+    write_random_file(&file, 8 << 20, 13);
+    let torrent = dir.path().join("slow.torrent");
+    let mut c = std::process::Command::new(bin());
+    c.args(["create", "--piece-length", "65536"])
+        .arg(&file)
+        .arg("-o")
+        .arg(&torrent);
+    common::run_ok("create", c, Duration::from_secs(60));
+    let ip = unique_ip();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("download")
+        .arg(&torrent)
+        .arg("-o")
+        .arg(dir.path().join("out"))
+        .args(["--shards", "1", "--no-resume", "--no-announce"])
+        .args(["--max-download-rate", "2M"])
+        .arg("--listen")
+        .arg(format!("{ip}:0"));
+    let mut dl = Proc::spawn("uring-bt download", cmd);
+    let listening = dl.wait_line("listening:", Duration::from_secs(20));
+    let target: SocketAddr = listening
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("listening address");
+    let ih = info_hash_hex(&dl);
+    let data = Arc::new(std::fs::read(&file).expect("read source"));
+    let started = Instant::now();
+    let seeder = dialing_seeder(
+        unique_ip(),
+        target,
+        ih,
+        data,
+        65536,
+        1 << 30,
+        Instant::now() + Duration::from_secs(30),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let complete = dl.wait_line("complete:", Duration::from_secs(30));
+    let secs = started.elapsed().as_secs_f64();
+    // 8 MiB at 2 MiB/s: 4 s, less the one second's worth the bucket may start with.
+    assert!(
+        secs >= 2.8,
+        "8 MiB in {secs:.2} s under a 2 MiB/s limit: {complete}"
+    );
+    assert!(dl.wait_exit(Duration::from_secs(20)).success());
+    common::assert_same_file(&file, &dir.path().join("out/slow.bin"));
+    let _ = seeder.join();
+}
