@@ -26,6 +26,7 @@ fn dialing_seeder(
     rate: u64,
     deadline: Instant,
     sent: Arc<AtomicU64>,
+    unchoke: bool,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
@@ -43,7 +44,15 @@ fn dialing_seeder(
         let mut out = Vec::new();
         wire::encode_handshake(&hs, &mut out);
         wire::encode(&OwnedMessage::HaveAll.as_message(), &mut out);
-        wire::encode(&OwnedMessage::Unchoke.as_message(), &mut out);
+        if unchoke {
+            wire::encode(&OwnedMessage::Unchoke.as_message(), &mut out);
+        } else {
+            // Never unchoke; allow every piece fast instead (BEP 6).
+            let pieces = (data.len() as u64).div_ceil(u64::from(piece_len)) as u32;
+            for p in 0..pieces {
+                wire::encode(&OwnedMessage::AllowedFast(p).as_message(), &mut out);
+            }
+        }
         s.write_all(&out).expect("write opening");
         let mut buf = Vec::new();
         let mut got_hs = false;
@@ -181,6 +190,7 @@ fn inbound_seeders_on_both_shards_all_contribute() {
             2 << 20,
             deadline,
             Arc::new(AtomicU64::new(0)),
+            true,
         ));
     }
     let complete = dl.wait_line("complete:", Duration::from_secs(60));
@@ -278,6 +288,7 @@ fn a_full_disk_stops_the_download_with_a_clear_error_and_keeps_verified_pieces()
         64 << 20,
         Instant::now() + Duration::from_secs(30),
         Arc::new(AtomicU64::new(0)),
+        true,
     );
     let status = dl.wait_exit(Duration::from_secs(40));
     assert_eq!(
@@ -359,6 +370,7 @@ fn the_download_rate_limit_holds() {
         1 << 30,
         Instant::now() + Duration::from_secs(30),
         Arc::new(AtomicU64::new(0)),
+        true,
     );
     let complete = dl.wait_line("complete:", Duration::from_secs(30));
     let secs = started.elapsed().as_secs_f64();
@@ -369,5 +381,52 @@ fn the_download_rate_limit_holds() {
     );
     assert!(dl.wait_exit(Duration::from_secs(20)).success());
     common::assert_same_file(&file, &dir.path().join("out/slow.bin"));
+    let _ = seeder.join();
+}
+
+#[test]
+fn a_choking_peer_that_allows_pieces_fast_is_downloaded_from() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("fast.bin");
+    write_random_file(&file, 1 << 20, 17);
+    let torrent = dir.path().join("fast.torrent");
+    let mut c = std::process::Command::new(bin());
+    c.args(["create", "--piece-length", "65536"])
+        .arg(&file)
+        .arg("-o")
+        .arg(&torrent);
+    common::run_ok("create", c, Duration::from_secs(60));
+    let ip = unique_ip();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("download")
+        .arg(&torrent)
+        .arg("-o")
+        .arg(dir.path().join("out"))
+        .args(["--shards", "1", "--no-resume", "--no-announce"])
+        .arg("--listen")
+        .arg(format!("{ip}:0"));
+    let mut dl = Proc::spawn("uring-bt download", cmd);
+    let listening = dl.wait_line("listening:", Duration::from_secs(20));
+    let target: SocketAddr = listening
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("listening address");
+    let ih = info_hash_hex(&dl);
+    let data = Arc::new(std::fs::read(&file).expect("read source"));
+    let seeder = dialing_seeder(
+        unique_ip(),
+        target,
+        ih,
+        data,
+        65536,
+        1 << 30,
+        Instant::now() + Duration::from_secs(30),
+        Arc::new(AtomicU64::new(0)),
+        false,
+    );
+    dl.wait_line("complete:", Duration::from_secs(30));
+    assert!(dl.wait_exit(Duration::from_secs(20)).success());
+    common::assert_same_file(&file, &dir.path().join("out/fast.bin"));
     let _ = seeder.join();
 }

@@ -459,6 +459,12 @@ impl Peer {
         self.ours.len()
     }
 
+    /// The peer allowed some pieces fast (BEP 6): requests for them may go out while it chokes
+    /// us.
+    pub fn has_allowed_fast(&self) -> bool {
+        !self.allowed_fast.is_empty()
+    }
+
     /// Whether we may send requests for `piece` now: the peer unchokes us, or it allowed that
     /// piece fast (BEP 6).
     pub fn may_request(&self, piece: u32) -> bool {

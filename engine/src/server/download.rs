@@ -198,6 +198,18 @@ impl PeerHas for PeerView<'_> {
     }
 }
 
+/// While the peer chokes us: only the pieces it allowed fast (BEP 6) that it has.
+struct AllowedFastView<'a>(&'a Peer);
+
+impl PeerHas for AllowedFastView<'_> {
+    fn has(&self, piece: u32) -> bool {
+        self.0.peer_has(piece) && self.0.may_request(piece)
+    }
+    fn is_seed(&self) -> bool {
+        false
+    }
+}
+
 /// The download of torrent `t` if this shard is its home and it is still active.
 fn with_download<R>(shard: &Shard, t: usize, f: impl FnOnce(&mut Download) -> R) -> Option<R> {
     let mut d = shard.downloads.borrow_mut();
@@ -294,7 +306,7 @@ fn fill_slot(
     let Some(peer) = slot.session.peer() else {
         return;
     };
-    if !peer.am_interested() || peer.peer_choking() {
+    if !peer.am_interested() || (peer.peer_choking() && !peer.has_allowed_fast()) {
         return;
     }
     let reqq = peer
@@ -319,7 +331,13 @@ fn fill_slot(
     }
     let mut out = std::mem::take(&mut dl.scratch);
     out.clear();
-    dl.picker.pick(key as u32, &PeerView(peer), want, &mut out);
+    if peer.peer_choking() {
+        // BEP 6: a choked peer still answers requests for the pieces it allowed fast.
+        dl.picker
+            .pick(key as u32, &AllowedFastView(peer), want, &mut out);
+    } else {
+        dl.picker.pick(key as u32, &PeerView(peer), want, &mut out);
+    }
     let sent = slot.session.request(&out);
     for b in &out[sent..] {
         dl.picker.on_abandon(key as u32, *b);
