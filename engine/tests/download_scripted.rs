@@ -430,3 +430,127 @@ fn a_choking_peer_that_allows_pieces_fast_is_downloaded_from() {
     common::assert_same_file(&file, &dir.path().join("out/fast.bin"));
     let _ = seeder.join();
 }
+
+/// Starts `uring-bt download` of `torrent` into `out` with resume data in `state`; returns it
+/// and the address it listens on.
+fn start_download(
+    torrent: &std::path::Path,
+    out: &std::path::Path,
+    state: &std::path::Path,
+) -> (Proc, SocketAddr) {
+    let ip = unique_ip();
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("download")
+        .arg(torrent)
+        .arg("-o")
+        .arg(out)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--shards", "1", "--no-announce", "--status-interval", "0.2"])
+        .arg("--listen")
+        .arg(format!("{ip}:0"));
+    let mut dl = Proc::spawn("uring-bt download", cmd);
+    let listening = dl.wait_line("listening:", Duration::from_secs(20));
+    let target: SocketAddr = listening
+        .split_whitespace()
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("listening address");
+    (dl, target)
+}
+
+#[test]
+fn a_clean_stop_keeps_the_written_blocks_of_partial_pieces_and_nothing_is_fetched_twice() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("part.bin");
+    let total = 16u64 << 20;
+    let piece = 1u64 << 20;
+    write_random_file(&file, total, 19);
+    let torrent = dir.path().join("part.torrent");
+    let mut c = std::process::Command::new(bin());
+    c.args(["create", "--piece-length", &piece.to_string()])
+        .arg(&file)
+        .arg("-o")
+        .arg(&torrent);
+    common::run_ok("create", c, Duration::from_secs(60));
+    let out = dir.path().join("out");
+    let state = dir.path().join("state");
+    let data = Arc::new(std::fs::read(&file).expect("read source"));
+
+    // Run 1: a slow seeder (4 MiB/s, 1 MiB pieces: pieces are in progress at any moment),
+    // stopped with SIGTERM once 4 pieces are had.
+    let (mut dl, target) = start_download(&torrent, &out, &state);
+    let ih = info_hash_hex(&dl);
+    let s1 = dialing_seeder(
+        unique_ip(),
+        target,
+        ih,
+        data.clone(),
+        piece as u32,
+        4 << 20,
+        Instant::now() + Duration::from_secs(30),
+        Arc::new(AtomicU64::new(0)),
+        true,
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let have: u64 = dl
+            .stdout_lines()
+            .iter()
+            .rev()
+            .find(|l| l.starts_with("progress:"))
+            .and_then(|l| kv(l, "have"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if have >= 4 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {}", dl.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let st = dl
+        .terminate(Duration::from_secs(15))
+        .expect("stops on SIGTERM");
+    assert_eq!(st.code(), Some(1), "stopped before complete: {}", dl.logs());
+    let _ = s1.join();
+
+    // Run 2: every byte still missing is fetched once, and only those.
+    let (mut dl2, target) = start_download(&torrent, &out, &state);
+    let s2 = dialing_seeder(
+        unique_ip(),
+        target,
+        ih,
+        data,
+        piece as u32,
+        1 << 30,
+        Instant::now() + Duration::from_secs(30),
+        Arc::new(AtomicU64::new(0)),
+        true,
+    );
+    let complete = dl2.wait_line("complete:", Duration::from_secs(30));
+    assert!(
+        dl2.wait_exit(Duration::from_secs(20)).success(),
+        "{}",
+        dl2.logs()
+    );
+    common::assert_same_file(&file, &out.join("part.bin"));
+    let num = |k: &str| -> u64 {
+        kv(&complete, k)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{k}= in {complete}"))
+    };
+    let (resumed, partial, downloaded, wasted) = (
+        num("resumed"),
+        num("partial"),
+        num("downloaded"),
+        num("wasted"),
+    );
+    assert!(resumed >= 4, "{complete}");
+    assert!(partial > 0, "no partial piece kept: {complete}");
+    assert_eq!(
+        downloaded - wasted,
+        total - resumed * piece - partial,
+        "fetched exactly what was missing: {complete}"
+    );
+    let _ = s2.join();
+}

@@ -12,8 +12,11 @@
 //! ```text
 //! "UBTRESUM" | version u32 = 1 | info_hash [20] | piece_length u32 | num_pieces u32 |
 //! num_files u32 | per file: flags u8 (1 = exists), size u64, mtime_sec i64, mtime_nsec u32 |
-//! bitfield (ceil(num_pieces / 8) bytes, BEP 3 order: piece 0 = high bit of byte 0) | sha1 [20]
+//! bitfield (ceil(num_pieces / 8) bytes, BEP 3 order: piece 0 = high bit of byte 0) |
+//! version 2 only: num_partials u32 | per partial piece: piece u32, len u32, block bitmap [len]
+//! (block 0 = high bit of byte 0; the blocks written of a piece not complete) | sha1 [20]
 //! ```
+//! Version 1 files (no partial pieces) are still read.
 
 use std::fs::File;
 use std::io::Write;
@@ -25,7 +28,9 @@ use sha1::{Digest, Sha1};
 use crate::layout::Layout;
 
 const MAGIC: &[u8; 8] = b"UBTRESUM";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// Largest block bitmap of a partial piece (65,536 blocks: the picker's bound).
+const MAX_PARTIAL_BITMAP: usize = 8192;
 /// Largest resume file accepted (a sanity limit: 64 MiB).
 pub const MAX_RESUME_SIZE: u64 = 64 << 20;
 
@@ -47,6 +52,8 @@ pub struct ResumeData {
     /// BEP 3 bitfield: piece `i` is bit `7 - i % 8` of byte `i / 8`.
     pub have: Vec<u8>,
     pub files: Vec<FileStamp>,
+    /// Downloading: pieces not complete whose written blocks are kept, as block bitmaps.
+    pub partials: Vec<(u32, Vec<u8>)>,
 }
 
 /// Why a resume file was not used.
@@ -125,6 +132,12 @@ pub fn encode(r: &ResumeData) -> Vec<u8> {
         v.extend_from_slice(&f.mtime_nsec.to_le_bytes());
     }
     v.extend_from_slice(&r.have);
+    v.extend_from_slice(&(r.partials.len() as u32).to_le_bytes());
+    for (p, bits) in &r.partials {
+        v.extend_from_slice(&p.to_le_bytes());
+        v.extend_from_slice(&(bits.len() as u32).to_le_bytes());
+        v.extend_from_slice(bits);
+    }
     let sum = Sha1::digest(&v);
     v.extend_from_slice(&sum);
     v
@@ -168,7 +181,8 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<ResumeData, ResumeError> {
     if r.take(8) != Some(&MAGIC[..]) {
         return Err(corrupt("bad magic"));
     }
-    if r.u32() != Some(VERSION) {
+    let version = r.u32();
+    if version != Some(1) && version != Some(VERSION) {
         return Err(corrupt("unknown version"));
     }
     let mut info_hash = [0u8; 20];
@@ -200,6 +214,23 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<ResumeData, ResumeError> {
     let have = r
         .take(have_len)
         .ok_or_else(|| corrupt("truncated bitfield"))?;
+    let mut partials = Vec::new();
+    if version == Some(VERSION) {
+        let n = r.u32().ok_or_else(|| corrupt("truncated"))? as usize;
+        // Each record is at least 9 bytes: refuse counts the body cannot hold.
+        if n > num_pieces as usize || n > r.b.len() / 9 {
+            return Err(corrupt("partial count larger than the data"));
+        }
+        for _ in 0..n {
+            let p = r.u32().ok_or_else(|| corrupt("truncated"))?;
+            let len = r.u32().ok_or_else(|| corrupt("truncated"))? as usize;
+            if p >= num_pieces || len == 0 || len > MAX_PARTIAL_BITMAP {
+                return Err(corrupt("bad partial piece record"));
+            }
+            let bits = r.take(len).ok_or_else(|| corrupt("truncated"))?;
+            partials.push((p, bits.to_vec()));
+        }
+    }
     if !r.b.is_empty() {
         return Err(corrupt("trailing bytes"));
     }
@@ -216,6 +247,7 @@ pub fn decode(path: &Path, bytes: &[u8]) -> Result<ResumeData, ResumeError> {
         num_pieces,
         have: have.to_vec(),
         files,
+        partials,
     })
 }
 
@@ -283,6 +315,8 @@ pub struct RecheckPlan {
     pub recheck: Vec<u32>,
     /// Why (None when the resume data was used).
     pub full_check_reason: Option<String>,
+    /// Partial pieces whose files are unchanged (their written blocks may be trusted).
+    pub partials: Vec<(u32, Vec<u8>)>,
 }
 
 /// Builds the start-up plan for a torrent from its resume file (see the module docs).
@@ -292,6 +326,7 @@ pub fn plan(path: &Path, info_hash: &[u8; 20], layout: &Layout, root: &Path) -> 
         have: vec![0; (n as usize).div_ceil(8)],
         recheck: (0..n).collect(),
         full_check_reason: Some(reason),
+        partials: Vec::new(),
     };
     let r = match load(path) {
         Ok(r) => r,
@@ -321,10 +356,17 @@ pub fn plan(path: &Path, info_hash: &[u8; 20], layout: &Layout, root: &Path) -> 
             recheck.insert(p);
         }
     }
+    let partials = r
+        .partials
+        .iter()
+        .filter(|(p, _)| !recheck.contains(p) && !bit(&have, *p))
+        .cloned()
+        .collect();
     RecheckPlan {
         have,
         recheck: recheck.into_iter().collect(),
         full_check_reason: None,
+        partials,
     }
 }
 
@@ -341,6 +383,7 @@ pub fn snapshot(info_hash: [u8; 20], layout: &Layout, root: &Path, have: &[u8]) 
         num_pieces: layout.num_pieces(),
         have,
         files: stamp_files(layout, root),
+        partials: Vec::new(),
     }
 }
 
@@ -382,6 +425,43 @@ mod tests {
         // No temporary file left behind.
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(names.len(), 2);
+    }
+
+    #[test]
+    fn partial_pieces_round_trip_and_follow_their_files_and_version_1_still_reads() {
+        let (dir, l) = setup();
+        let have = vec![0b1000_0000];
+        let mut snap = snapshot([7; 20], &l, dir.path(), &have);
+        snap.partials = vec![(1, vec![0b1100_0000]), (4, vec![0b1000_0000])];
+        let rp = dir.path().join("x.resume");
+        save(&rp, &snap).unwrap();
+        assert_eq!(load(&rp).unwrap(), snap);
+        let p = plan(&rp, &[7; 20], &l, dir.path());
+        assert_eq!(p.partials, snap.partials);
+        // File c (piece 4) changed: its partial piece is not trusted; piece 1's still is.
+        std::fs::write(dir.path().join("t/c"), vec![3u8; 7]).unwrap();
+        let p = plan(&rp, &[7; 20], &l, dir.path());
+        assert_eq!(p.partials, vec![(1, vec![0b1100_0000])]);
+        // A version 1 file: the same without the partial section.
+        let mut v1 = encode(&ResumeData {
+            partials: Vec::new(),
+            ..snap.clone()
+        });
+        v1.truncate(v1.len() - 20 - 4);
+        v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let sum = Sha1::digest(&v1);
+        v1.extend_from_slice(&sum);
+        let d = decode(&rp, &v1).unwrap();
+        assert!(d.partials.is_empty());
+        assert_eq!(d.have, snap.have);
+        // Bounds: a piece out of range or an empty bitmap is corrupt.
+        for bad in [(99u32, vec![1u8]), (1, vec![])] {
+            let e = encode(&ResumeData {
+                partials: vec![bad],
+                ..snap.clone()
+            });
+            assert!(decode(&rp, &e).is_err());
+        }
     }
 
     #[test]

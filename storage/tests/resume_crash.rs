@@ -33,6 +33,7 @@ fn version(k: u8) -> ResumeData {
         num_pieces: 8 * 1024,
         have: vec![k; 1024],
         files,
+        partials: vec![(3, vec![k; 8])],
     }
 }
 

@@ -33,7 +33,7 @@ use crate::server::limits::{fd_budget, raise_nofile};
 use crate::server::registry::{hex, Registry, Torrent};
 use crate::server::shard;
 use crate::server::state::ShardConfig;
-use crate::torrent::check::{default_state_dir, save_resume};
+use crate::torrent::check::{default_state_dir, save_download_resume};
 
 /// Arguments of `uring-bt download`.
 #[derive(Debug, clap::Args)]
@@ -262,7 +262,8 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<ExitCode> {
             None => default_state_dir()?,
         })
     };
-    let have = crate::torrent::check::check_for_download(&meta, &root, state_dir.as_deref(), cores);
+    let (have, partials) =
+        crate::torrent::check::check_for_download(&meta, &root, state_dir.as_deref(), cores);
     // Files of zero length have no piece to bring them into being: create them now (and every
     // file, allocated in full, with --preallocate).
     let bytes = uring_bt_storage::files::prepare_files(&root, &meta.layout(), args.preallocate)
@@ -289,6 +290,11 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<ExitCode> {
     t.private = meta.private;
     if !meta.private {
         t.metadata = Some(Arc::from(meta.info_bytes.as_slice()));
+    }
+    if let Some(d) = &t.download {
+        if let Ok(mut p) = d.partials.lock() {
+            *p = partials;
+        }
     }
     let n = t.layout.num_pieces();
     let resumed = t.have.count();
@@ -454,11 +460,17 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<ExitCode> {
     })?;
     // Writes have completed (the shards are stopped): what is verified may be trusted next time.
     if let Some(dir) = &state_dir {
-        save_resume(
+        let partials = torrent
+            .download
+            .as_ref()
+            .and_then(|d| d.partials.lock().ok().map(|p| p.clone()))
+            .unwrap_or_default();
+        save_download_resume(
             torrent.info_hash,
             &torrent.layout,
             &torrent.root,
             &torrent.verified.to_bytes(),
+            partials,
             dir,
         );
     }

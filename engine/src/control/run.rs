@@ -435,9 +435,10 @@ impl DownloadWatch {
             let secs = at.saturating_duration_since(plan.started).as_secs_f64();
             let _ = writeln!(
                 out,
-                "complete: pieces={n} bytes={} secs={secs:.3} downloaded={downloaded} resumed={} wasted={}",
+                "complete: pieces={n} bytes={} secs={secs:.3} downloaded={downloaded} resumed={} partial={} wasted={}",
                 t.layout.total_length(),
                 d.resumed,
+                d.restored.load(Ordering::Relaxed),
                 d.wasted.load(Ordering::Relaxed)
             );
             if let Ok(recs) = d.peers.lock() {

@@ -159,7 +159,28 @@ impl Download {
         let n = layout.num_pieces();
         let last = if n == 0 { 1 } else { layout.piece_size(n - 1) };
         let cfg = PickerConfig::new(n, layout.piece_length(), last);
-        let picker = Picker::new(cfg, &torrent.have.to_bytes(), seed).map_err(|e| e.to_string())?;
+        let mut picker =
+            Picker::new(cfg, &torrent.have.to_bytes(), seed).map_err(|e| e.to_string())?;
+        // Pieces in progress at the last stop: their written blocks are not fetched again (a
+        // restarted shard finds none: what it had in flight is fetched again).
+        if let Some(d) = &torrent.download {
+            let restored = d.partials.lock().map(|mut p| std::mem::take(&mut *p));
+            let mut bytes = 0u64;
+            for (piece, bits) in restored.unwrap_or_default() {
+                if picker.restore_partial(piece, &bits) {
+                    let blocks = picker.blocks_in_piece(piece);
+                    for i in 0..blocks {
+                        if bits
+                            .get((i / 8) as usize)
+                            .is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
+                        {
+                            bytes += picker.block(piece, i).map_or(0, |b| u64::from(b.len));
+                        }
+                    }
+                }
+            }
+            d.restored.fetch_add(bytes, Relaxed);
+        }
         Ok(Download {
             torrent,
             tid,
@@ -801,6 +822,49 @@ pub fn tell_haves(shard: &Shard) {
             if wake {
                 slot.wake.notify_one();
             }
+        }
+    }
+}
+
+/// Writes in flight on this shard's downloads.
+pub fn writes_in_flight(shard: &Shard) -> u32 {
+    shard
+        .downloads
+        .borrow()
+        .values()
+        .map(|d| d.pieces.values().map(|p| p.writes).sum::<u32>())
+        .sum()
+}
+
+/// At a stop: each download's pieces in progress whose received blocks are all written (no
+/// write in flight or failed) go to the torrent's `partials`, for the resume data. A piece
+/// whose every block is received is left out (its check had not run): it is fetched again.
+pub fn save_partials(shard: &Shard) {
+    for dl in shard.downloads.borrow().values() {
+        let Some(d) = &dl.torrent.download else {
+            continue;
+        };
+        if !d.is_active() {
+            continue;
+        }
+        let keep: Vec<(u32, Vec<u8>)> = dl
+            .picker
+            .partials()
+            .filter(|(p, bits)| {
+                let clean = dl
+                    .pieces
+                    .get(p)
+                    .is_none_or(|ps| ps.writes == 0 && !ps.write_failed && !ps.done);
+                let n = dl.picker.blocks_in_piece(*p);
+                let full = (0..n).all(|i| {
+                    bits.get((i / 8) as usize)
+                        .is_some_and(|b| b & (0x80 >> (i % 8)) != 0)
+                });
+                clean && !full && bits.iter().any(|&b| b != 0)
+            })
+            .collect();
+        if let Ok(mut p) = d.partials.lock() {
+            *p = keep;
         }
     }
 }

@@ -197,6 +197,11 @@ pub struct DownloadShared {
     pub peers: Mutex<HashMap<std::net::SocketAddr, PeerRecord>>,
     /// Peers that sent data failing the hash check too often: never connected again.
     pub banned: Mutex<std::collections::HashSet<std::net::IpAddr>>,
+    /// Pieces in progress with the blocks already written (block bitmaps): from the resume
+    /// data at start (taken by the home shard), and from the home shard at a stop (saved).
+    pub partials: Mutex<Vec<(u32, Vec<u8>)>>,
+    /// Bytes of blocks restored from partial pieces at start.
+    pub restored: AtomicU64,
 }
 
 /// One peer's contribution to a download.
@@ -222,6 +227,8 @@ impl DownloadShared {
             fatal: Mutex::new(None),
             peers: Mutex::new(HashMap::new()),
             banned: Mutex::new(std::collections::HashSet::new()),
+            partials: Mutex::new(Vec::new()),
+            restored: AtomicU64::new(0),
         }
     }
 

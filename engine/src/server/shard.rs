@@ -320,6 +320,13 @@ async fn stop(shard: &Rc<Shard>, listen_fd: std::os::fd::RawFd, grace: Duration)
     while !shard.peers.borrow().is_empty() && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Downloads: writes still in flight finish (at most 2 s), then the pieces in progress
+    // are kept for the resume data.
+    let until = Instant::now() + Duration::from_secs(2);
+    while crate::server::download::writes_in_flight(shard) > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    crate::server::download::save_partials(shard);
 }
 
 async fn accept_loop(shard: Rc<Shard>, listener: tokio_uring::net::TcpListener) {

@@ -112,6 +112,26 @@ pub fn check_or_resume(
     Ok(true)
 }
 
+/// Saves a download's resume data at a stop: the pieces verified, and the pieces in progress
+/// with their written blocks.
+pub fn save_download_resume(
+    info_hash: [u8; 20],
+    layout: &uring_bt_storage::layout::Layout,
+    root: &Path,
+    have: &[u8],
+    partials: Vec<(u32, Vec<u8>)>,
+    state_dir: &Path,
+) {
+    use uring_bt_storage::resume;
+    let path = state_dir.join(format!("{}.resume", hex(&info_hash)));
+    let mut data = resume::snapshot(info_hash, layout, root, have);
+    data.partials = partials;
+    let saved = std::fs::create_dir_all(state_dir).and_then(|()| resume::save(&path, &data));
+    if let Err(e) = saved {
+        eprintln!("warning: cannot write resume data {}: {e}", path.display());
+    }
+}
+
 /// Saves resume data for a torrent at a stop: `have` is what may be trusted next time (see
 /// `Torrent::resume_bitfield`). Errors are reported, not fatal: the next start checks instead.
 pub fn save_resume(
@@ -140,7 +160,7 @@ pub fn check_for_download(
     root: &Path,
     state_dir: Option<&Path>,
     cores: usize,
-) -> Vec<u8> {
+) -> (Vec<u8>, Vec<(u32, Vec<u8>)>) {
     use uring_bt_storage::resume;
     let layout = meta.layout();
     let n = layout.num_pieces();
@@ -153,7 +173,7 @@ pub fn check_for_download(
                 meta.name,
                 path.display()
             );
-            return plan.have;
+            return (plan.have, plan.partials);
         }
     }
     let started = Instant::now();
@@ -163,7 +183,7 @@ pub fn check_for_download(
         .iter()
         .any(|f| !f.padding && root.join(&f.path).exists());
     if !any_file {
-        return have;
+        return (have, Vec::new());
     }
     let results = uring_bt_storage::hash::hash_pieces(&layout, root, cores, &|_| {});
     let mut good = 0u32;
@@ -178,5 +198,5 @@ pub fn check_for_download(
         meta.name,
         started.elapsed().as_secs_f64()
     );
-    have
+    (have, Vec::new())
 }
