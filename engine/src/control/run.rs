@@ -199,11 +199,30 @@ pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
             dialer.set_home(t.index, d.home_shard);
         }
     }
-    let mut dl_state = plan.download.as_ref().map(|d| DownloadWatch {
-        reported: false,
-        failed: false,
-        last: (Instant::now(), 0),
-        torrent: plan.registry.torrents().get(d.torrent).cloned(),
+    let mut dl_state = plan.download.as_ref().map(|d| {
+        let torrent = plan.registry.torrents().get(d.torrent).cloned();
+        // On a terminal: a progress bar (bytes, rate, ETA, peers) instead of the status line.
+        let bar = (std::io::stderr().is_terminal()).then(|| {
+            let total = torrent.as_ref().map_or(0, |t| t.layout.total_length());
+            let pb = indicatif::ProgressBar::with_draw_target(
+                Some(total),
+                indicatif::ProgressDrawTarget::stderr(),
+            );
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:25} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+            ) {
+                pb.set_style(style);
+            }
+            pb
+        });
+        DownloadWatch {
+            reported: false,
+            failed: false,
+            last: (Instant::now(), 0),
+            torrent,
+            bar,
+            lines: !std::io::stdout().is_terminal(),
+        }
     });
     if let Some(d) = &plan.download {
         if let Some(t) = plan.registry.torrents().get(d.torrent) {
@@ -312,7 +331,7 @@ pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
                         }
                     }
                 }
-                _ = status_iv.tick() => {
+                _ = status_iv.tick(), if !(tty && dl_state.as_ref().is_some_and(|w| !w.reported)) => {
                     let line = sampler.line(&plan.registry, announcer.as_ref(), &restarts.borrow());
                     if tty {
                         eprint!("\r\x1b[2K{line}");
@@ -388,6 +407,10 @@ struct DownloadWatch {
     /// When and at how many bytes the last progress line was printed (for its rate).
     last: (Instant, u64),
     torrent: Option<Arc<crate::server::registry::Torrent>>,
+    /// The progress bar on a terminal.
+    bar: Option<indicatif::ProgressBar>,
+    /// Print `progress:` lines (stdout is not a terminal).
+    lines: bool,
 }
 
 enum Step {
@@ -424,14 +447,23 @@ impl DownloadWatch {
         let peers = t.stats.peers.load(Ordering::Relaxed);
         let mut out = std::io::stdout().lock();
         if !self.reported {
-            let _ = writeln!(
-                out,
-                "progress: have={have} of={n} bytes={bytes} downloaded={downloaded} rate={rate} peers={peers}"
-            );
+            if self.lines {
+                let _ = writeln!(
+                    out,
+                    "progress: have={have} of={n} bytes={bytes} downloaded={downloaded} rate={rate} peers={peers}"
+                );
+            }
+            if let Some(pb) = &self.bar {
+                pb.set_position(bytes);
+                pb.set_message(format!("{peers} peer(s)"));
+            }
         }
         let complete = d.completed_at.lock().ok().and_then(|c| *c);
         if let (Some(at), false) = (complete, self.reported) {
             self.reported = true;
+            if let Some(pb) = self.bar.take() {
+                pb.finish_and_clear();
+            }
             let secs = at.saturating_duration_since(plan.started).as_secs_f64();
             let _ = writeln!(
                 out,
