@@ -9,7 +9,10 @@
 //!   its slot for about two rounds and half the slots stay warm across a rechoke (a newly
 //!   unchoked peer needs a round trip before its requests arrive). No preference by rate.
 //! - **One optimistic slot**, on top of the regular ones, given round-robin to an interested
-//!   peer outside the window, rotated every [`OPTIMISTIC_INTERVAL`] (30 s).
+//!   peer outside the window, rotated every [`OPTIMISTIC_INTERVAL`] (30 s) at the latest. It
+//!   is the peer just after the window, so the window's next advance usually reaches it and a
+//!   new optimistic peer is chosen then (every 10 s with few peers); the 30 s timer decides
+//!   only when the window does not move onto it.
 //! - **No waiting for free slots.** Between rechokes ([`Choker::fill`], and [`Choker::tick`] when
 //!   no rechoke is due) a peer that is unchoked but no longer interested is choked, and free
 //!   slots go at once to interested peers: a seeding server should not leave its pipe idle for
@@ -31,8 +34,12 @@ use std::time::{Duration, Instant};
 
 /// How often the regular slots rotate.
 pub const RECHOKE_INTERVAL: Duration = Duration::from_secs(10);
-/// How often the optimistic slot rotates.
+/// How often the optimistic slot rotates at the latest (it moves earlier when the regular
+/// window reaches its peer, or the peer leaves or loses interest).
 pub const OPTIMISTIC_INTERVAL: Duration = Duration::from_secs(30);
+/// A rechoke due within half a tick runs at that tick (callers tick once a second): it runs at
+/// the tick nearest its due time.
+pub const RECHOKE_SLACK: Duration = Duration::from_millis(500);
 /// Regular upload slots per choker unless configured (`--upload-slots`); see the module docs.
 pub const DEFAULT_UPLOAD_SLOTS: usize = 16;
 
@@ -62,6 +69,8 @@ pub struct Choker {
     /// The last key given the optimistic slot (its round-robin position).
     opt_cursor: usize,
     next_rechoke: Option<Instant>,
+    /// When the last full rechoke ran.
+    last_rechoke: Option<Instant>,
     next_optimistic: Option<Instant>,
     /// Scratch: interested keys, sorted.
     interested: Vec<usize>,
@@ -82,6 +91,7 @@ impl Choker {
             optimistic: None,
             opt_cursor: 0,
             next_rechoke: None,
+            last_rechoke: None,
             next_optimistic: None,
             interested: Vec::new(),
             desired: Vec::new(),
@@ -91,6 +101,11 @@ impl Choker {
     /// Regular slots (`usize::MAX` for unlimited).
     pub fn upload_slots(&self) -> usize {
         self.slots
+    }
+
+    /// When the last full rechoke ran (a [`Choker::tick`] that rotated the window).
+    pub fn last_rechoke(&self) -> Option<Instant> {
+        self.last_rechoke
     }
 
     /// The peer holding the optimistic slot.
@@ -103,8 +118,16 @@ impl Choker {
     /// [`Choker::fill`]. Returns the changes to apply: `(key, true)` = unchoke, `(key, false)` =
     /// choke. Peers not listed keep their state.
     pub fn tick(&mut self, now: Instant, peers: &[ChokerPeer]) -> Vec<(usize, bool)> {
-        if self.next_rechoke.is_none_or(|t| now >= t) {
-            self.next_rechoke = Some(now + RECHOKE_INTERVAL);
+        if self.next_rechoke.is_none_or(|t| now + RECHOKE_SLACK >= t) {
+            // A fixed cadence: the next one is due an interval after this one was (a caller
+            // ticking every second reads its clock a little early or late; counting from
+            // `now` would let rechokes drift to 11 s apart), unless we are far behind.
+            let next = match self.next_rechoke {
+                Some(t) if now < t + RECHOKE_INTERVAL / 2 => t + RECHOKE_INTERVAL,
+                _ => now + RECHOKE_INTERVAL,
+            };
+            self.next_rechoke = Some(next);
+            self.last_rechoke = Some(now);
             self.rechoke(now, peers)
         } else {
             self.fill(now, peers)
@@ -243,6 +266,40 @@ impl Default for Choker {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn rechokes_keep_a_ten_second_cadence_when_ticks_come_a_little_early_or_late() {
+        for skew_ms in [-4i64, -1, 0, 3] {
+            let mut c = Choker::new(2);
+            let t0 = Instant::now();
+            let peers: Vec<ChokerPeer> = (0..5)
+                .map(|key| ChokerPeer {
+                    key,
+                    interested: true,
+                    unchoked: false,
+                    recent_upload: 0,
+                })
+                .collect();
+            let mut at = Vec::new();
+            for i in 0..100i64 {
+                // A 1 s ticker whose readings drift by `skew_ms` per tick.
+                let ms = (i * (1000 + skew_ms)).max(0) as u64;
+                let now = t0 + Duration::from_millis(ms);
+                c.tick(now, &peers);
+                if c.last_rechoke() == Some(now) {
+                    at.push(ms);
+                }
+            }
+            for w in at.windows(2) {
+                let gap = w[1] - w[0];
+                assert!(
+                    (9_400..=10_600).contains(&gap),
+                    "skew {skew_ms} ms: gap {gap} ms in {at:?}"
+                );
+            }
+            assert!(at.len() >= 9, "skew {skew_ms}: {at:?}");
+        }
+    }
 
     /// A simulated swarm: key -> (interested, unchoked). Applies the choker's decisions.
     struct Sim {

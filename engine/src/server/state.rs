@@ -377,7 +377,11 @@ impl Shard {
                     peer = %slot.addr,
                     unchoke,
                     optimistic = unchoke && optimistic == Some(key),
-                    pass = if quick { "fill" } else { "rechoke" },
+                    pass = if !quick && st.choker.last_rechoke() == Some(now) {
+                        "rechoke"
+                    } else {
+                        "fill"
+                    },
                     "choker decision"
                 );
                 slot.set_choked(!unchoke);
