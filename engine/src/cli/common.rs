@@ -143,6 +143,21 @@ pub fn load(path: &Path) -> Result<Metainfo, Fail> {
     })
 }
 
+/// Checks each `--tracker` URL's scheme (http://, https:// or udp://): a usage error otherwise.
+pub fn check_tracker_urls(urls: &[String]) -> Result<(), UsageError> {
+    for url in urls {
+        let ok = ["http://", "https://", "udp://"]
+            .iter()
+            .any(|p| url.len() > p.len() && url[..p.len()].eq_ignore_ascii_case(p));
+        if !ok {
+            return Err(UsageError(format!(
+                "--tracker {url}: not an http://, https:// or udp:// URL"
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

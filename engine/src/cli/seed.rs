@@ -306,16 +306,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     if args.stop_timeout > 600 {
         return Err(usage("--stop-timeout must be at most 600 seconds"));
     }
-    for url in &args.trackers {
-        let ok = ["http://", "https://", "udp://"]
-            .iter()
-            .any(|p| url.len() > p.len() && url[..p.len()].eq_ignore_ascii_case(p));
-        if !ok {
-            return Err(usage(format_args!(
-                "--tracker {url}: not an http://, https:// or udp:// URL"
-            )));
-        }
-    }
+    crate::cli::common::check_tracker_urls(&args.trackers)?;
     let nofile = raise_nofile();
     // Refusing --shards/--max-open-files under the open-file limit is a usage error too.
     let (max_peers, files_per_shard) =

@@ -124,13 +124,7 @@ pub async fn dial(shard: Rc<Shard>, t: usize, addr: SocketAddr) {
     };
     if !crate::server::download::allowed(&torrent, addr) {
         // Banned for bad data: never connected again.
-        shard.event(ShardEvent::DialDone {
-            shard: shard.cfg.index,
-            torrent: t,
-            addr,
-            connected: false,
-            seed: false,
-        });
+        dial_failed(&shard, t, addr);
         return;
     }
     while shard.half_open.get() >= shard.cfg.max_half_open.max(1) {
@@ -146,13 +140,7 @@ pub async fn dial(shard: Rc<Shard>, t: usize, addr: SocketAddr) {
             .get(t)
             .is_none_or(|st| st.peers >= shard.cfg.max_peers_per_torrent);
     if full || shard.stopping.get() {
-        shard.event(ShardEvent::DialDone {
-            shard: shard.cfg.index,
-            torrent: t,
-            addr,
-            connected: false,
-            seed: false,
-        });
+        dial_failed(&shard, t, addr);
         return;
     }
     shard.half_open.set(shard.half_open.get() + 1);
@@ -166,25 +154,13 @@ pub async fn dial(shard: Rc<Shard>, t: usize, addr: SocketAddr) {
         Ok(Err(e)) => {
             tracing::debug!(shard = shard.cfg.index, %addr, "dial failed: {e}");
             release_half_open(&shard);
-            shard.event(ShardEvent::DialDone {
-                shard: shard.cfg.index,
-                torrent: t,
-                addr,
-                connected: false,
-                seed: false,
-            });
+            dial_failed(&shard, t, addr);
             return;
         }
         Err(_) => {
             tracing::debug!(shard = shard.cfg.index, %addr, "dial timed out");
             release_half_open(&shard);
-            shard.event(ShardEvent::DialDone {
-                shard: shard.cfg.index,
-                torrent: t,
-                addr,
-                connected: false,
-                seed: false,
-            });
+            dial_failed(&shard, t, addr);
             return;
         }
     };
@@ -195,6 +171,17 @@ pub async fn dial(shard: Rc<Shard>, t: usize, addr: SocketAddr) {
         torrent.info_hash,
     );
     serve(shard, stream, addr, session, Some(t), Vec::new()).await;
+}
+
+/// Tells the dialer a dial to `addr` for torrent `t` did not connect.
+fn dial_failed(shard: &Shard, t: usize, addr: SocketAddr) {
+    shard.event(ShardEvent::DialDone {
+        shard: shard.cfg.index,
+        torrent: t,
+        addr,
+        connected: false,
+        seed: false,
+    });
 }
 
 fn release_half_open(shard: &Shard) {
