@@ -218,7 +218,7 @@ pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
         DownloadWatch {
             reported: false,
             failed: false,
-            last: (Instant::now(), 0),
+            last: (Instant::now(), u64::MAX),
             torrent,
             bar,
             lines: !std::io::stdout().is_terminal(),
@@ -239,10 +239,13 @@ pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
             }
         }
     }
+    // Completion is noticed within 100 ms; progress lines are printed every interval.
     let mut progress_iv = tokio::time::interval(
         plan.download
             .as_ref()
-            .map_or(Duration::from_secs(3600), |d| d.progress_interval),
+            .map_or(Duration::from_secs(3600), |d| {
+                d.progress_interval.min(Duration::from_millis(100))
+            }),
     );
     progress_iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let announcer = plan.announcer;
@@ -423,6 +426,10 @@ enum Step {
 impl DownloadWatch {
     fn step(&mut self, plan: &DownloadPlan, announcer: Option<&Announcer>) -> Step {
         use std::io::Write;
+        if self.reported {
+            // Complete and seeding on: nothing more to watch.
+            return Step::Go;
+        }
         let Some(t) = self.torrent.clone() else {
             return Step::Failed("the torrent is not in the registry".into());
         };
@@ -437,7 +444,17 @@ impl DownloadWatch {
             .sum();
         let downloaded = d.downloaded.load(Ordering::Relaxed);
         let now = Instant::now();
+        let complete = d.completed_at.lock().ok().and_then(|c| *c);
         let dt = now.saturating_duration_since(self.last.0).as_secs_f64();
+        if complete.is_none()
+            && !self.failed
+            && d.fatal.lock().map_or(true, |f| f.is_none())
+            && now.saturating_duration_since(self.last.0) < plan.progress_interval
+            && self.last.1 != u64::MAX
+        {
+            // Not a progress line's turn: only completion and failure are watched.
+            return Step::Go;
+        }
         let rate = if dt > 0.0 {
             (downloaded.saturating_sub(self.last.1) as f64 / dt) as u64
         } else {
@@ -458,7 +475,6 @@ impl DownloadWatch {
                 pb.set_message(format!("{peers} peer(s)"));
             }
         }
-        let complete = d.completed_at.lock().ok().and_then(|c| *c);
         if let (Some(at), false) = (complete, self.reported) {
             self.reported = true;
             if let Some(pb) = self.bar.take() {

@@ -37,6 +37,9 @@ use crate::server::state::{PeerSlot, Shard, ShardEvent};
 const RECV_INITIAL: usize = 16 * 1024;
 /// Free room the reader keeps before each read.
 const RECV_MIN_ROOM: usize = 4 * 1024;
+/// Room for one read while our requests are outstanding at the peer (downloading): four
+/// PIECEs and their headers.
+const RECV_DOWNLOAD: usize = 4 * (16 * 1024 + 13);
 
 /// Serves one inbound connection until it closes.
 pub async fn run(shard: Rc<Shard>, stream: TcpStream, addr: SocketAddr) {
@@ -422,23 +425,28 @@ async fn reader(
         (slot.read_wake.clone(), slot.session.max_message_len())
     };
     let mut max_len = max_len;
+    // Bytes of `buf` already decoded: dropped once per read, not once per message (a read of
+    // a downloading connection holds several PIECEs).
+    let mut start = 0usize;
     loop {
-        let (r, phase, torrent) = {
+        let (r, phase, torrent, downloading) = {
             let mut peers = shard.peers.borrow_mut();
             let slot = peers.get_mut(key).ok_or(Closed::Io("slot gone".into()))?;
             if slot.closing {
                 return Ok(());
             }
-            let r = slot.session.receive(&buf)?;
+            let r = slot.session.receive(&buf[start..])?;
             if r.wake || r.serve {
                 slot.wake.notify_one();
             }
-            (r, slot.session.phase(), slot.torrent)
+            let downloading = slot.session.peer().is_some_and(|p| p.our_requests() > 0);
+            (r, slot.session.phase(), slot.torrent, downloading)
         };
         if let (Some((b, off)), Some(t)) = (r.block, torrent) {
             // Downloading: the data of our request, still in `buf`: into a pool buffer and
             // its write started before the bytes are dropped.
-            if let Some(data) = buf.get(off..off + b.len as usize) {
+            let at = start + off;
+            if let Some(data) = buf.get(at..at + b.len as usize) {
                 crate::server::download::on_block(shard, key, t, b, data).await;
             }
         }
@@ -447,11 +455,13 @@ async fn reader(
                 crate::server::download::on_events(shard, key, t);
             }
         }
-        buf.drain(..r.consumed);
+        start += r.consumed;
         if r.block.is_some() {
             // Decoding stopped after the block: decode on before reading more.
             continue;
         }
+        buf.drain(..start);
+        start = 0;
         if phase == Phase::AwaitTorrent {
             if dialed.is_none() && hand_off(shard, key, stream, &buf) {
                 return Ok(());
@@ -491,14 +501,18 @@ async fn reader(
         }
         // Room for the next message: what its header announces (checked against the limit
         // before its body is buffered), or a floor.
-        let want = match wire::peek_header(&buf) {
+        let mut want = match wire::peek_header(&buf) {
             Some((len, id)) if phase == Phase::Established => {
                 wire::check_header(len, id, max_len).map_err(CloseReason::Wire)?;
                 4 + len as usize
             }
             _ => RECV_MIN_ROOM,
         };
-        if buf.capacity() > RECV_INITIAL * 4 && buf.len() < RECV_INITIAL {
+        if downloading {
+            // Blocks are on their way: read several PIECEs at once.
+            want = want.max(buf.len() + RECV_DOWNLOAD);
+        }
+        if !downloading && buf.capacity() > RECV_INITIAL * 4 && buf.len() < RECV_INITIAL {
             buf.shrink_to(RECV_INITIAL);
         }
         buf = read_more(stream, buf, want).await?;
