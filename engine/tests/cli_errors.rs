@@ -71,7 +71,7 @@ fn help_teaches_every_command() {
     let o = run(&["--help"]);
     assert_eq!(o.status.code(), Some(0));
     let help = String::from_utf8_lossy(&o.stdout);
-    for cmd in ["create", "info", "verify", "seed", "bench"] {
+    for cmd in ["create", "info", "verify", "seed", "download", "bench"] {
         assert!(
             help.contains(&format!("  {cmd} ")),
             "--help lists {cmd}: {help}"
@@ -83,6 +83,7 @@ fn help_teaches_every_command() {
         &["info"],
         &["verify"],
         &["seed"],
+        &["download"],
         &["bench", "disk"],
     ] {
         let mut args = cmd.to_vec();
@@ -518,4 +519,80 @@ fn seed_bad_data_exits_1() {
         ],
     );
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+}
+
+#[test]
+fn download_usage_and_input_errors_exit_2_with_one_line() {
+    let dir = seed_fixture();
+    let d = dir.path();
+    let t = d.join("f.torrent");
+    let t = t.to_str().unwrap();
+    let out = d.join("out");
+    let out = out.to_str().unwrap();
+    std::fs::write(d.join("garbage.torrent"), b"hello world").unwrap();
+    let garbage = d.join("garbage.torrent");
+    let garbage = garbage.to_str().unwrap();
+    let l = ["--listen", "127.0.0.1:0", "--no-resume"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![t, "-o", out, "--shards", "0"],
+            "--shards must be between 1 and 256",
+        ),
+        (
+            vec![t, "-o", out, "--buffers", "2"],
+            "--buffers must be between 8 and 16384",
+        ),
+        (
+            vec![t, "-o", out, "--status-interval", "0"],
+            "--status-interval must be between",
+        ),
+        (
+            vec![t, "-o", out, "--snub-timeout", "0"],
+            "--snub-timeout must be between",
+        ),
+        (
+            vec![t, "-o", out, "--upload-slots", "0"],
+            "--upload-slots must be at least 1",
+        ),
+        (
+            vec![t, "-o", out, "--tracker", "ftp://x/announce"],
+            "not an http://, https:// or udp:// URL",
+        ),
+        (
+            vec![t, "-o", out, "--max-download-rate", "0"],
+            "the rate must be at least 1",
+        ),
+        (
+            vec![garbage, "-o", out],
+            "garbage.torrent: malformed bencode",
+        ),
+        (
+            vec!["magnet:?xt=urn:btih:zz", "-o", out],
+            "neither 40 hex digits",
+        ),
+        (
+            vec![
+                "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567",
+                "-o",
+                out,
+            ],
+            "names no peer",
+        ),
+    ];
+    for (mut args, want) in cases {
+        let mut all = vec!["download"];
+        all.append(&mut args);
+        all.extend_from_slice(&l);
+        let o = run(&all);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{all:?}: {err}");
+        assert!(o.stdout.is_empty(), "{all:?}: nothing on stdout");
+        assert!(err.contains(want), "{all:?}: want `{want}` in: {err}");
+        assert!(!err.contains("panic"), "{all:?}: {err}");
+        let errors = err.lines().filter(|l| l.starts_with("error")).count();
+        assert_eq!(errors, 1, "{all:?}: one error line: {err}");
+    }
+    // No -o: clap's own usage error.
+    let o = run(&["download", t]);
+    assert_eq!(o.status.code(), Some(2));
 }
