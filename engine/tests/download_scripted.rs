@@ -7,27 +7,42 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{bin, unique_ip, write_random_file, Proc};
+use common::{bin, unhex20, unique_ip, write_random_file, Proc};
 use uring_bt_proto::wire::{self, Handshake, Message, OwnedMessage};
 
-/// A seeder that dials `target` from `ip`, offers every piece and answers requests from `data`,
-/// at most `rate` bytes per second; it stops at `deadline` or when the peer closes.
-#[allow(clippy::too_many_arguments)]
-fn dialing_seeder(
-    ip: Ipv4Addr,
-    target: SocketAddr,
+/// A torrent's data and a downloader of it that seeders dial.
+struct Target {
+    /// the downloader's `listening:` address
+    addr: SocketAddr,
     info_hash: [u8; 20],
     data: Arc<Vec<u8>>,
     piece_len: u32,
+}
+
+impl Target {
+    /// A seeder from a fresh address, for 30 s at most (see `dialing_seeder`).
+    fn seeder(&self, rate: u64, unchoke: bool) -> JoinHandle<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        dialing_seeder(unique_ip(), self, rate, deadline, unchoke)
+    }
+}
+
+/// A seeder that dials `t` from `ip`, offers every piece (unchoking, or else allowing every
+/// piece fast) and answers requests from its data, at most `rate` bytes per second; it stops
+/// at `deadline` or when the peer closes.
+fn dialing_seeder(
+    ip: Ipv4Addr,
+    t: &Target,
     rate: u64,
     deadline: Instant,
-    sent: Arc<AtomicU64>,
     unchoke: bool,
-) -> std::thread::JoinHandle<()> {
+) -> JoinHandle<()> {
+    let (target, info_hash, data, piece_len) = (t.addr, t.info_hash, t.data.clone(), t.piece_len);
     std::thread::spawn(move || {
         let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
             .expect("socket");
@@ -100,7 +115,6 @@ fn dialing_seeder(
                 if s.write_all(&replies).is_err() {
                     return;
                 }
-                sent.fetch_add(replies.len() as u64, Ordering::Relaxed);
                 // Pace: never ahead of `rate`.
                 let due = Duration::from_secs_f64(budget_sent as f64 / rate as f64);
                 let el = started.elapsed();
@@ -118,61 +132,85 @@ fn kv<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         .find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
 }
 
-fn info_hash_hex(p: &Proc) -> [u8; 20] {
-    let line = p
-        .stdout_lines()
-        .into_iter()
-        .find(|l| l.starts_with("info_hash:"))
-        .expect("info_hash line");
-    let hex = line.split_whitespace().nth(1).expect("hex");
-    let mut ih = [0u8; 20];
-    for (i, b) in ih.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex digit");
+fn info_hash_hex(p: &mut Proc) -> [u8; 20] {
+    let line = p.wait_line("info_hash:", Duration::from_secs(20));
+    unhex20(line.split_whitespace().next().expect("hex"))
+}
+
+/// The `have=` of the last `progress:` line printed so far.
+fn last_have(p: &Proc) -> Option<u64> {
+    p.stdout_lines()
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("progress:"))
+        .and_then(|l| kv(l, "have"))
+        .and_then(|v| v.parse().ok())
+}
+
+/// A temp dir with `<name>.bin`, `len` seeded random bytes, and `<name>.torrent` of it made by
+/// `uring-bt create` in `piece_len` pieces.
+struct Payload {
+    dir: tempfile::TempDir,
+    file: PathBuf,
+    torrent: PathBuf,
+    piece_len: u32,
+    /// where downloads of it go (`out` in the temp dir)
+    out: PathBuf,
+}
+
+impl Payload {
+    fn new(name: &str, len: u64, seed: u64, piece_len: u32) -> Payload {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join(format!("{name}.bin"));
+        write_random_file(&file, len, seed);
+        let torrent = dir.path().join(format!("{name}.torrent"));
+        let mut c = std::process::Command::new(bin());
+        c.args(["create", "--piece-length", &piece_len.to_string()])
+            .arg(&file)
+            .arg("-o")
+            .arg(&torrent);
+        common::run_ok("create", c, Duration::from_secs(60));
+        let out = dir.path().join("out");
+        Payload {
+            dir,
+            file,
+            torrent,
+            piece_len,
+            out,
+        }
     }
-    ih
+
+    /// Starts `uring-bt download <torrent> -o OUT --no-announce ARGS... --listen <fresh
+    /// 127.x>:0`; returns it, once it printed `listening:` and `info_hash:`, and what seeders
+    /// need to dial it.
+    fn download(&self, out: &Path, args: &[&str]) -> (Proc, Target) {
+        let ip = unique_ip();
+        let mut cmd = std::process::Command::new(bin());
+        cmd.arg("download")
+            .arg(&self.torrent)
+            .arg("-o")
+            .arg(out)
+            .arg("--no-announce")
+            .args(args)
+            .arg("--listen")
+            .arg(format!("{ip}:0"));
+        let mut dl = Proc::spawn("uring-bt download", cmd);
+        let addr = dl.wait_addr("listening:", Duration::from_secs(20));
+        let t = Target {
+            addr,
+            info_hash: info_hash_hex(&mut dl),
+            data: Arc::new(std::fs::read(&self.file).expect("read source")),
+            piece_len: self.piece_len,
+        };
+        (dl, t)
+    }
 }
 
 #[test]
 fn inbound_seeders_on_both_shards_all_contribute() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let src = dir.path().join("src");
-    std::fs::create_dir_all(&src).expect("mkdir");
-    let file = src.join("in.bin");
-    let size = 24u64 << 20;
-    write_random_file(&file, size, 7);
-    let torrent = dir.path().join("in.torrent");
-    let mut c = std::process::Command::new(bin());
-    c.args(["create", "--piece-length", "65536"])
-        .arg(&file)
-        .arg("-o")
-        .arg(&torrent);
-    common::run_ok("create", c, Duration::from_secs(60));
-    let out = dir.path().join("out");
-    let ip = unique_ip();
-    let mut cmd = std::process::Command::new(bin());
-    cmd.arg("download")
-        .arg(&torrent)
-        .arg("-o")
-        .arg(&out)
-        .args([
-            "--shards",
-            "2",
-            "--no-resume",
-            "--no-announce",
-            "--status-interval",
-            "0.5",
-        ])
-        .arg("--listen")
-        .arg(format!("{ip}:0"));
-    let mut dl = Proc::spawn("uring-bt download", cmd);
-    let listening = dl.wait_line("listening:", Duration::from_secs(20));
-    let target: SocketAddr = listening
-        .split_whitespace()
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("listening address");
-    let ih = info_hash_hex(&dl);
-    let data = Arc::new(std::fs::read(&file).expect("read source"));
+    let p = Payload::new("in", 24 << 20, 7, 65536);
+    let args = ["--shards", "2", "--no-resume", "--status-interval", "0.5"];
+    let (mut dl, t) = p.download(&p.out, &args);
     let deadline = Instant::now() + Duration::from_secs(60);
     // Eight seeders from eight addresses: with two SO_REUSEPORT listeners, the chance that all
     // land on the home shard (and the hand-off goes untested) is 1 / 2^8.
@@ -181,23 +219,13 @@ fn inbound_seeders_on_both_shards_all_contribute() {
     for _ in 0..8 {
         let sip = unique_ip();
         ips.push(sip);
-        threads.push(dialing_seeder(
-            sip,
-            target,
-            ih,
-            data.clone(),
-            65536,
-            2 << 20,
-            deadline,
-            Arc::new(AtomicU64::new(0)),
-            true,
-        ));
+        threads.push(dialing_seeder(sip, &t, 2 << 20, deadline, true));
     }
     let complete = dl.wait_line("complete:", Duration::from_secs(60));
     assert_eq!(kv(&complete, "resumed"), Some("0"), "{complete}");
     let status = dl.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "download failed: {}", dl.logs());
-    common::assert_same_file(&file, &out.join("in.bin"));
+    common::assert_same_file(&p.file, &p.out.join("in.bin"));
     let lines = dl.stdout_lines();
     let peers: Vec<&String> = lines.iter().filter(|l| l.starts_with("peer:")).collect();
     for sip in &ips {
@@ -241,55 +269,13 @@ impl Drop for Tmpfs {
 #[test]
 #[ignore = "needs root to mount a tmpfs: scripts/test runs it (cargo test -- --include-ignored)"]
 fn a_full_disk_stops_the_download_with_a_clear_error_and_keeps_verified_pieces() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("big.bin");
-    write_random_file(&file, 16 << 20, 11);
-    let torrent = dir.path().join("big.torrent");
-    let mut c = std::process::Command::new(bin());
-    c.args(["create", "--piece-length", "65536"])
-        .arg(&file)
-        .arg("-o")
-        .arg(&torrent);
-    common::run_ok("create", c, Duration::from_secs(60));
+    let p = Payload::new("big", 16 << 20, 11, 65536);
     // 16 MiB of data onto a 6 MiB file system.
-    let mnt = dir.path().join("small");
+    let mnt = p.dir.path().join("small");
     let fs = Tmpfs::mount(&mnt, "6m");
-    let ip = unique_ip();
-    let mut cmd = std::process::Command::new(bin());
-    cmd.arg("download")
-        .arg(&torrent)
-        .arg("-o")
-        .arg(&mnt)
-        .args([
-            "--shards",
-            "1",
-            "--no-resume",
-            "--no-announce",
-            "--status-interval",
-            "0.2",
-        ])
-        .arg("--listen")
-        .arg(format!("{ip}:0"));
-    let mut dl = Proc::spawn("uring-bt download", cmd);
-    let listening = dl.wait_line("listening:", Duration::from_secs(20));
-    let target: SocketAddr = listening
-        .split_whitespace()
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("listening address");
-    let ih = info_hash_hex(&dl);
-    let data = Arc::new(std::fs::read(&file).expect("read source"));
-    let seeder = dialing_seeder(
-        unique_ip(),
-        target,
-        ih,
-        data,
-        65536,
-        64 << 20,
-        Instant::now() + Duration::from_secs(30),
-        Arc::new(AtomicU64::new(0)),
-        true,
-    );
+    let args = ["--shards", "1", "--no-resume", "--status-interval", "0.2"];
+    let (mut dl, t) = p.download(&mnt, &args);
+    let seeder = t.seeder(64 << 20, true);
     let status = dl.wait_exit(Duration::from_secs(40));
     assert_eq!(
         status.code(),
@@ -307,17 +293,11 @@ fn a_full_disk_stops_the_download_with_a_clear_error_and_keeps_verified_pieces()
         !lines.iter().any(|l| l.starts_with("complete:")),
         "never complete"
     );
-    let have: u64 = lines
-        .iter()
-        .rev()
-        .find(|l| l.starts_with("progress:"))
-        .and_then(|l| kv(l, "have"))
-        .and_then(|v| v.parse().ok())
-        .expect("a progress line");
+    let have = last_have(&dl).expect("a progress line");
     assert!(have > 0, "some pieces were verified before the disk filled");
     // What it reported as verified is intact on disk.
     let mut v = std::process::Command::new(bin());
-    v.args(["verify", "--json"]).arg(&torrent).arg(&mnt);
+    v.args(["verify", "--json"]).arg(&p.torrent).arg(&mnt);
     let out = common::run("verify", v, Duration::from_secs(60));
     let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("verify --json output");
     let good = json["good"].as_u64().expect("good count");
@@ -331,47 +311,11 @@ fn a_full_disk_stops_the_download_with_a_clear_error_and_keeps_verified_pieces()
 
 #[test]
 fn the_download_rate_limit_holds() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("slow.bin");
-    write_random_file(&file, 8 << 20, 13);
-    let torrent = dir.path().join("slow.torrent");
-    let mut c = std::process::Command::new(bin());
-    c.args(["create", "--piece-length", "65536"])
-        .arg(&file)
-        .arg("-o")
-        .arg(&torrent);
-    common::run_ok("create", c, Duration::from_secs(60));
-    let ip = unique_ip();
-    let mut cmd = std::process::Command::new(bin());
-    cmd.arg("download")
-        .arg(&torrent)
-        .arg("-o")
-        .arg(dir.path().join("out"))
-        .args(["--shards", "1", "--no-resume", "--no-announce"])
-        .args(["--max-download-rate", "2M"])
-        .arg("--listen")
-        .arg(format!("{ip}:0"));
-    let mut dl = Proc::spawn("uring-bt download", cmd);
-    let listening = dl.wait_line("listening:", Duration::from_secs(20));
-    let target: SocketAddr = listening
-        .split_whitespace()
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("listening address");
-    let ih = info_hash_hex(&dl);
-    let data = Arc::new(std::fs::read(&file).expect("read source"));
+    let p = Payload::new("slow", 8 << 20, 13, 65536);
+    let args = ["--shards", "1", "--no-resume", "--max-download-rate", "2M"];
+    let (mut dl, t) = p.download(&p.out, &args);
     let started = Instant::now();
-    let seeder = dialing_seeder(
-        unique_ip(),
-        target,
-        ih,
-        data,
-        65536,
-        1 << 30,
-        Instant::now() + Duration::from_secs(30),
-        Arc::new(AtomicU64::new(0)),
-        true,
-    );
+    let seeder = t.seeder(1 << 30, true);
     let complete = dl.wait_line("complete:", Duration::from_secs(30));
     let secs = started.elapsed().as_secs_f64();
     // 8 MiB at 2 MiB/s: 4 s, less the one second's worth the bucket may start with.
@@ -380,129 +324,46 @@ fn the_download_rate_limit_holds() {
         "8 MiB in {secs:.2} s under a 2 MiB/s limit: {complete}"
     );
     assert!(dl.wait_exit(Duration::from_secs(20)).success());
-    common::assert_same_file(&file, &dir.path().join("out/slow.bin"));
+    common::assert_same_file(&p.file, &p.out.join("slow.bin"));
     let _ = seeder.join();
 }
 
 #[test]
 fn a_choking_peer_that_allows_pieces_fast_is_downloaded_from() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("fast.bin");
-    write_random_file(&file, 1 << 20, 17);
-    let torrent = dir.path().join("fast.torrent");
-    let mut c = std::process::Command::new(bin());
-    c.args(["create", "--piece-length", "65536"])
-        .arg(&file)
-        .arg("-o")
-        .arg(&torrent);
-    common::run_ok("create", c, Duration::from_secs(60));
-    let ip = unique_ip();
-    let mut cmd = std::process::Command::new(bin());
-    cmd.arg("download")
-        .arg(&torrent)
-        .arg("-o")
-        .arg(dir.path().join("out"))
-        .args(["--shards", "1", "--no-resume", "--no-announce"])
-        .arg("--listen")
-        .arg(format!("{ip}:0"));
-    let mut dl = Proc::spawn("uring-bt download", cmd);
-    let listening = dl.wait_line("listening:", Duration::from_secs(20));
-    let target: SocketAddr = listening
-        .split_whitespace()
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("listening address");
-    let ih = info_hash_hex(&dl);
-    let data = Arc::new(std::fs::read(&file).expect("read source"));
-    let seeder = dialing_seeder(
-        unique_ip(),
-        target,
-        ih,
-        data,
-        65536,
-        1 << 30,
-        Instant::now() + Duration::from_secs(30),
-        Arc::new(AtomicU64::new(0)),
-        false,
-    );
+    let p = Payload::new("fast", 1 << 20, 17, 65536);
+    let (mut dl, t) = p.download(&p.out, &["--shards", "1", "--no-resume"]);
+    // a seeder that never unchokes
+    let seeder = t.seeder(1 << 30, false);
     dl.wait_line("complete:", Duration::from_secs(30));
     assert!(dl.wait_exit(Duration::from_secs(20)).success());
-    common::assert_same_file(&file, &dir.path().join("out/fast.bin"));
+    common::assert_same_file(&p.file, &p.out.join("fast.bin"));
     let _ = seeder.join();
-}
-
-/// Starts `uring-bt download` of `torrent` into `out` with resume data in `state`; returns it
-/// and the address it listens on.
-fn start_download(
-    torrent: &std::path::Path,
-    out: &std::path::Path,
-    state: &std::path::Path,
-) -> (Proc, SocketAddr) {
-    let ip = unique_ip();
-    let mut cmd = std::process::Command::new(bin());
-    cmd.arg("download")
-        .arg(torrent)
-        .arg("-o")
-        .arg(out)
-        .arg("--state-dir")
-        .arg(state)
-        .args(["--shards", "1", "--no-announce", "--status-interval", "0.2"])
-        .arg("--listen")
-        .arg(format!("{ip}:0"));
-    let mut dl = Proc::spawn("uring-bt download", cmd);
-    let listening = dl.wait_line("listening:", Duration::from_secs(20));
-    let target: SocketAddr = listening
-        .split_whitespace()
-        .next()
-        .and_then(|a| a.parse().ok())
-        .expect("listening address");
-    (dl, target)
 }
 
 #[test]
 fn a_clean_stop_keeps_the_written_blocks_of_partial_pieces_and_nothing_is_fetched_twice() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("part.bin");
     let total = 16u64 << 20;
     let piece = 1u64 << 20;
-    write_random_file(&file, total, 19);
-    let torrent = dir.path().join("part.torrent");
-    let mut c = std::process::Command::new(bin());
-    c.args(["create", "--piece-length", &piece.to_string()])
-        .arg(&file)
-        .arg("-o")
-        .arg(&torrent);
-    common::run_ok("create", c, Duration::from_secs(60));
-    let out = dir.path().join("out");
-    let state = dir.path().join("state");
-    let data = Arc::new(std::fs::read(&file).expect("read source"));
+    let p = Payload::new("part", total, 19, piece as u32);
+    let state = p.dir.path().join("state");
+    // with resume data in `state`
+    let state_arg = state.to_str().unwrap();
+    let args = [
+        "--state-dir",
+        state_arg,
+        "--shards",
+        "1",
+        "--status-interval",
+        "0.2",
+    ];
 
     // Run 1: a slow seeder (4 MiB/s, 1 MiB pieces: pieces are in progress at any moment),
     // stopped with SIGTERM once 4 pieces are had.
-    let (mut dl, target) = start_download(&torrent, &out, &state);
-    let ih = info_hash_hex(&dl);
-    let s1 = dialing_seeder(
-        unique_ip(),
-        target,
-        ih,
-        data.clone(),
-        piece as u32,
-        4 << 20,
-        Instant::now() + Duration::from_secs(30),
-        Arc::new(AtomicU64::new(0)),
-        true,
-    );
+    let (mut dl, t) = p.download(&p.out, &args);
+    let s1 = t.seeder(4 << 20, true);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let have: u64 = dl
-            .stdout_lines()
-            .iter()
-            .rev()
-            .find(|l| l.starts_with("progress:"))
-            .and_then(|l| kv(l, "have"))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if have >= 4 {
+        if last_have(&dl).unwrap_or(0) >= 4 {
             break;
         }
         assert!(Instant::now() < deadline, "no progress: {}", dl.logs());
@@ -515,25 +376,15 @@ fn a_clean_stop_keeps_the_written_blocks_of_partial_pieces_and_nothing_is_fetche
     let _ = s1.join();
 
     // Run 2: every byte still missing is fetched once, and only those.
-    let (mut dl2, target) = start_download(&torrent, &out, &state);
-    let s2 = dialing_seeder(
-        unique_ip(),
-        target,
-        ih,
-        data,
-        piece as u32,
-        1 << 30,
-        Instant::now() + Duration::from_secs(30),
-        Arc::new(AtomicU64::new(0)),
-        true,
-    );
+    let (mut dl2, t) = p.download(&p.out, &args);
+    let s2 = t.seeder(1 << 30, true);
     let complete = dl2.wait_line("complete:", Duration::from_secs(30));
     assert!(
         dl2.wait_exit(Duration::from_secs(20)).success(),
         "{}",
         dl2.logs()
     );
-    common::assert_same_file(&file, &out.join("part.bin"));
+    common::assert_same_file(&p.file, &p.out.join("part.bin"));
     let num = |k: &str| -> u64 {
         kv(&complete, k)
             .and_then(|v| v.parse().ok())

@@ -23,7 +23,7 @@
 //! The contract under test (stdout of `uring-bt download TARGET -o DIR ...`, one line each):
 //! `listening: IP:PORT`, `info_hash: HEX40`, `progress: have= of= bytes= downloaded= rate=
 //! peers=` every `--status-interval`, `complete: pieces= bytes= secs= downloaded= resumed=
-//! wasted=`, then one `peer: addr= client= downloaded= pieces= hashfails= banned=` per peer
+//! partial= wasted=`, then one `peer: addr= client= downloaded= pieces= hashfails= banned=` per peer
 //! that connected, and with `--seed` `seeding: IP:PORT`; exit 0 complete and verified, 1
 //! failure, 2 usage. The content lands at DIR/<name>, as `seed --data DIR` reads it.
 //!
@@ -33,9 +33,8 @@
 
 mod common;
 
-use common::opentracker::{bdecode, bdecode_prefix, Bval, OpenTracker};
+use common::opentracker::{bdecode, Bval, OpenTracker};
 use common::*;
-use sha1::{Digest, Sha1};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
@@ -44,7 +43,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -56,9 +55,11 @@ const DL_TIMEOUT: Duration = Duration::from_secs(120);
 const SEEDER_START: Duration = Duration::from_secs(120);
 /// `--status-interval` of our downloader in most tests.
 const STATUS_INTERVAL: &str = "0.5";
+/// A seeder's upload limit when a test must act while the download runs: 64 MiB take ~16 s.
+const SLOW_SEEDER: u64 = 4 * MIB;
 
 // ---------------------------------------------------------------------------------------------
-// Torrents: geometry (read with the harness's own bencode decoder) and tracker-only copies
+// Torrents: geometry (read with the harness's own bencode decoder)
 // ---------------------------------------------------------------------------------------------
 
 /// Piece length, piece count and total length of a v1 torrent.
@@ -105,68 +106,6 @@ impl Geometry {
             self.piece_length
         }
     }
-}
-
-fn bstr(s: &[u8]) -> Vec<u8> {
-    let mut v = format!("{}:", s.len()).into_bytes();
-    v.extend_from_slice(s);
-    v
-}
-
-/// The exact bytes of the top-level `info` value.
-fn info_bytes(torrent: &[u8]) -> &[u8] {
-    let mut i = 1;
-    while torrent.get(i) != Some(&b'e') {
-        let (k, n) = bdecode_prefix(&torrent[i..]).expect("torrent key");
-        i += n;
-        let (_, m) = bdecode_prefix(&torrent[i..]).expect("torrent value");
-        if k == Bval::Bytes(b"info".to_vec()) {
-            return &torrent[i..i + m];
-        }
-        i += m;
-    }
-    panic!("torrent has no info dictionary");
-}
-
-/// SHA-1 of the exact bytes of the top-level `info` value, hex.
-fn info_hash_of(torrent: &[u8]) -> String {
-    let h: [u8; 20] = Sha1::digest(info_bytes(torrent)).into();
-    h.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-/// A copy of the case's (tracker-less, libtorrent-made) torrent whose `announce` is `urls[0]`
-/// and `announce-list` one tier per URL, spliced in front of its keys: the info dict's bytes,
-/// and so the info hash, do not change. (The same splice as interop_tracker.rs's.)
-fn tracked(case: &Case, urls: &[String], label: &str) -> PathBuf {
-    assert!(!urls.is_empty());
-    let data = fs::read(&case.torrent).unwrap();
-    assert_eq!(data.first(), Some(&b'd'));
-    let (first_key, _) = bdecode_prefix(&data[1..]).expect("torrent's first key");
-    let Bval::Bytes(k) = first_key else {
-        panic!("torrent key is not a string")
-    };
-    assert!(
-        k.as_slice() > b"announce-list".as_slice(),
-        "{} already starts with key {:?}",
-        case.torrent.display(),
-        String::from_utf8_lossy(&k)
-    );
-    let mut out = b"d".to_vec();
-    out.extend(bstr(b"announce"));
-    out.extend(bstr(urls[0].as_bytes()));
-    out.extend(bstr(b"announce-list"));
-    out.push(b'l');
-    for u in urls {
-        out.push(b'l');
-        out.extend(bstr(u.as_bytes()));
-        out.push(b'e');
-    }
-    out.push(b'e');
-    out.extend_from_slice(&data[1..]);
-    assert_eq!(info_hash_of(&out), case.info_hash);
-    let dst = case.dir.path().join(format!("tracked-{label}.torrent"));
-    fs::write(&dst, &out).unwrap();
-    dst
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -238,20 +177,7 @@ fn spawn_seeder(kind: Kind, torrents: &[&Path], data: &Path, rate: Option<u64>) 
     kind.require();
     let ip = unique_ip();
     let (script, sub) = kind.script();
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg(client_script(script));
-    if let Some(s) = sub {
-        cmd.arg(s);
-    }
-    for t in torrents {
-        cmd.arg(t);
-    }
-    cmd.arg("--data")
-        .arg(data)
-        .arg("--listen")
-        .arg(format!("{ip}:0"))
-        .arg("--timeout")
-        .arg("1800");
+    let mut cmd = seeder_cmd(script, sub, torrents, data, ip);
     if kind != Kind::Libtorrent {
         // the client's profile/session dir: beside the data, inside the test's temp dir
         let work = data
@@ -264,8 +190,7 @@ fn spawn_seeder(kind: Kind, torrents: &[&Path], data: &Path, rate: Option<u64>) 
         cmd.arg("--rate").arg(r.to_string());
     }
     let mut proc = Proc::spawn(&format!("{script} @{ip}"), cmd);
-    let line = proc.wait_line("listening:", SEEDER_START);
-    let addr = parse_addr(&proc, &line);
+    let addr = proc.wait_addr("listening:", SEEDER_START);
     assert_eq!(
         addr.ip(),
         IpAddr::V4(ip),
@@ -275,53 +200,9 @@ fn spawn_seeder(kind: Kind, torrents: &[&Path], data: &Path, rate: Option<u64>) 
     Seeder { proc, addr }
 }
 
-fn parse_addr(p: &Proc, s: &str) -> SocketAddr {
-    let first = s.split_whitespace().next().unwrap_or("");
-    let a: SocketAddr = first
-        .parse()
-        .unwrap_or_else(|e| panic!("{}: bad address {first:?} ({e})\n{}", p.name(), p.logs()));
-    assert!(
-        a.ip().is_loopback() && a.port() != 0,
-        "{}: {a} is not a loopback address with a port",
-        p.name()
-    );
-    a
-}
-
 /// SIGTERM: every seeder driver exits 0 on it.
 fn stop_seeder(mut s: Seeder) {
-    let st = s.proc.terminate(Duration::from_secs(30));
-    assert!(
-        st.is_some_and(|s| s.success()),
-        "{} did not stop cleanly ({st:?})\n{}",
-        s.proc.name(),
-        s.proc.logs()
-    );
-}
-
-/// lt_seed_meta.py: libtorrent with ut_metadata (BEP 9); returns it and the magnet it prints
-/// (`xt`, `dn`, `x.pe=` its listening address).
-fn spawn_lt_meta_seeder(torrent: &Path, data: &Path) -> (Seeder, String) {
-    Kind::Libtorrent.require();
-    let ip = unique_ip();
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg(client_script("lt_seed_meta.py"))
-        .arg(torrent)
-        .arg("--data")
-        .arg(data)
-        .arg("--listen")
-        .arg(format!("{ip}:0"))
-        .arg("--timeout")
-        .arg("1800");
-    let mut proc = Proc::spawn(&format!("lt_seed_meta.py @{ip}"), cmd);
-    let line = proc.wait_line("listening:", SEEDER_START);
-    let addr = parse_addr(&proc, &line);
-    let magnet = proc.wait_line("magnet:", Duration::from_secs(5));
-    assert!(
-        magnet.contains(&format!("x.pe={addr}")),
-        "lt_seed_meta.py's magnet has no x.pe={addr}: {magnet}"
-    );
-    (Seeder { proc, addr }, magnet)
+    s.proc.stop_cleanly(Duration::from_secs(30));
 }
 
 /// Waits until the tracker lists `s` at exactly its listening address (its announce left
@@ -339,9 +220,10 @@ fn wait_listed(tracker: &OpenTracker, info_hash: &str, s: &Seeder) {
 // Our downloader and its lines
 // ---------------------------------------------------------------------------------------------
 
-/// `key=value` fields of one line; a value runs until the next known key, so that a value
-/// with spaces (`client=Transmission 3.00`) stays whole.
-fn fields(rest: &str, keys: &[&str]) -> BTreeMap<String, String> {
+/// `key=value` fields of one line; a value runs until the next known key (of `keys`, apart by
+/// spaces), so that a value with spaces (`client=Transmission 3.00`) stays whole.
+fn fields(rest: &str, keys: &str) -> BTreeMap<String, String> {
+    let keys: Vec<&str> = keys.split_whitespace().collect();
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     let mut current: Option<String> = None;
     for tok in rest.split_whitespace() {
@@ -382,10 +264,8 @@ struct ProgressLine {
     peers: u64,
 }
 
-const PROGRESS_KEYS: &[&str] = &["have", "of", "bytes", "downloaded", "rate", "peers"];
-
 fn parse_progress(rest: &str) -> ProgressLine {
-    let f = fields(rest, PROGRESS_KEYS);
+    let f = fields(rest, "have of bytes downloaded rate peers");
     let _: f64 = num(&f, "rate", rest);
     ProgressLine {
         have: num(&f, "have", rest),
@@ -396,7 +276,7 @@ fn parse_progress(rest: &str) -> ProgressLine {
     }
 }
 
-/// `complete: pieces= bytes= secs= downloaded= resumed= wasted=`
+/// `complete: pieces= bytes= secs= downloaded= resumed= partial= wasted=` (`partial=` not read)
 #[derive(Clone, Copy, Debug)]
 struct CompleteLine {
     pieces: u64,
@@ -408,8 +288,7 @@ struct CompleteLine {
 }
 
 fn parse_complete(rest: &str) -> CompleteLine {
-    let keys = &["pieces", "bytes", "secs", "downloaded", "resumed", "wasted"];
-    let f = fields(rest, keys);
+    let f = fields(rest, "pieces bytes secs downloaded resumed partial wasted");
     CompleteLine {
         pieces: num(&f, "pieces", rest),
         bytes: num(&f, "bytes", rest),
@@ -432,15 +311,7 @@ struct PeerLine {
 }
 
 fn parse_peer(rest: &str) -> PeerLine {
-    let keys = &[
-        "addr",
-        "client",
-        "downloaded",
-        "pieces",
-        "hashfails",
-        "banned",
-    ];
-    let f = fields(rest, keys);
+    let f = fields(rest, "addr client downloaded pieces hashfails banned");
     let banned: u8 = num(&f, "banned", rest);
     assert!(banned <= 1, "banned= is 0 or 1: {rest:?}");
     PeerLine {
@@ -458,6 +329,8 @@ struct Ours {
     proc: Proc,
     /// its `listening:` address
     addr: SocketAddr,
+    /// its `-o`: the case's `dl-ours`
+    out: PathBuf,
 }
 
 /// What a finished download printed.
@@ -469,6 +342,13 @@ struct Report {
 }
 
 impl Report {
+    /// `complete:` counts every piece and every byte of the torrent.
+    fn assert_every_piece(&self, g: &Geometry) {
+        let c = &self.complete;
+        assert_eq!(c.pieces, g.pieces, "complete: pieces\n{}", self.logs);
+        assert_eq!(c.bytes, g.total, "complete: bytes\n{}", self.logs);
+    }
+
     /// The `peer:` lines of the peer at `ip` (each peer of a test has its own IP).
     fn of(&self, ip: IpAddr) -> Vec<&PeerLine> {
         self.peers.iter().filter(|p| p.addr.ip() == ip).collect()
@@ -522,19 +402,22 @@ impl Report {
     }
 }
 
-/// `uring-bt download TARGET -o OUT --listen IP:0 EXTRA...` (and `--status-interval 0.5`
-/// unless EXTRA has one), with `XDG_STATE_HOME=state`; returns once it printed `listening:`.
-fn spawn_ours(target: &str, out: &Path, state: &Path, ip: Ipv4Addr, extra: &[String]) -> Ours {
-    fs::create_dir_all(state).unwrap();
+/// `uring-bt download TARGET -o <the case's dl-ours> --listen IP:0 EXTRA...` (and
+/// `--status-interval 0.5` unless EXTRA has one), with `XDG_STATE_HOME=<the case's state>`;
+/// returns once it printed `listening:` (on IP) and the case's `info_hash:`.
+fn spawn_ours(case: &Case, target: &str, ip: Ipv4Addr, extra: &[String]) -> Ours {
+    let out = case.save_dir("ours");
+    let state = case.dir.path().join("state");
+    fs::create_dir_all(&state).unwrap();
     let mut cmd = Command::new(bin());
     cmd.arg("download")
         .arg(target)
         .arg("-o")
-        .arg(out)
+        .arg(&out)
         .arg("--listen")
         .arg(format!("{ip}:0"))
         .args(extra)
-        .env("XDG_STATE_HOME", state)
+        .env("XDG_STATE_HOME", &state)
         .env("RUST_BACKTRACE", "1")
         .env(
             "RUST_LOG",
@@ -544,25 +427,20 @@ fn spawn_ours(target: &str, out: &Path, state: &Path, ip: Ipv4Addr, extra: &[Str
         cmd.arg("--status-interval").arg(STATUS_INTERVAL);
     }
     let mut proc = Proc::spawn(&format!("uring-bt download @{ip}"), cmd);
-    let line = proc.wait_line("listening:", Duration::from_secs(30));
-    let addr = parse_addr(&proc, &line);
+    let addr = proc.wait_addr("listening:", Duration::from_secs(30));
     assert_eq!(
         addr.ip(),
         IpAddr::V4(ip),
         "uring-bt download listens on {addr}, not on --listen {ip}:0"
     );
-    Ours { proc, addr }
-}
-
-/// Checks the `info_hash:` line.
-fn expect_info_hash(o: &mut Ours, info_hash: &str) {
-    let line = o.proc.wait_line("info_hash:", Duration::from_secs(30));
+    let line = proc.wait_line("info_hash:", Duration::from_secs(30));
     let h = line.split_whitespace().next().unwrap_or("");
     assert_eq!(
         h.to_ascii_lowercase(),
-        info_hash,
+        case.info_hash,
         "uring-bt download prints another info hash: {line}"
     );
+    Ours { proc, addr, out }
 }
 
 /// The `complete:`, `peer:` and `progress:` lines printed so far.
@@ -614,9 +492,8 @@ fn finish(o: &mut Ours) -> Report {
 /// the progress lines sane (`of=` the piece count, `have=` never above it nor going back).
 fn assert_full_download(case: &Case, out: &Path, r: &Report) -> Geometry {
     let g = Geometry::of(&case.torrent);
+    r.assert_every_piece(&g);
     let c = &r.complete;
-    assert_eq!(c.pieces, g.pieces, "complete: pieces\n{}", r.logs);
-    assert_eq!(c.bytes, g.total, "complete: bytes\n{}", r.logs);
     assert_eq!(c.resumed, 0, "a fresh download resumed pieces\n{}", r.logs);
     assert!(
         c.downloaded >= g.total,
@@ -661,38 +538,52 @@ fn ours_args(peers: &[SocketAddr], more: &[&str]) -> Vec<String> {
     v
 }
 
-// ---------------------------------------------------------------------------------------------
-// Downloads from one real seeder given by --peer
-// ---------------------------------------------------------------------------------------------
+/// Fails the test unless the clients of `kinds` are installed; then takes the heavy lock and
+/// starts the test's timer, both held while the result lives.
+fn heavy(kinds: &[Kind], label: &'static str) -> (Timed, MutexGuard<'static, ()>) {
+    for k in kinds {
+        k.require();
+    }
+    let lock = heavy_lock();
+    (Timed::new(label), lock)
+}
 
-fn by_peer(kind: Kind, case: Case, label: &'static str) {
-    let _t = Timed::new(label);
-    let seeder = spawn_seeder(kind, &[&case.torrent], &case.data, None);
-    let out = case.save_dir("ours");
-    let mut o = spawn_ours(
-        case.torrent.to_str().unwrap(),
-        &out,
-        &case.dir.path().join("state"),
-        unique_ip(),
-        &ours_args(&[seeder.addr], &["--no-announce"]),
-    );
-    expect_info_hash(&mut o, &case.info_hash);
+/// We download `target` (the case's torrent, or a magnet of it) from `ip` with `extra`: all
+/// of it, and from `seeder` (of `kind`) alone; then the seeder is stopped.
+fn download_from_only(
+    case: &Case,
+    seeder: Seeder,
+    kind: Kind,
+    target: &str,
+    ip: Ipv4Addr,
+    extra: &[String],
+) {
+    let mut o = spawn_ours(case, target, ip, extra);
     let r = finish(&mut o);
-    assert_full_download(&case, &out, &r);
+    assert_full_download(case, &o.out, &r);
     assert_sole_source(&r, &seeder, kind);
     stop_seeder(seeder);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Downloads from one real seeder given by --peer
+// ---------------------------------------------------------------------------------------------
+
+fn by_peer(kind: Kind, label: &'static str, case: impl FnOnce() -> Case) {
+    let _held = heavy(&[kind], label);
+    let case = case();
+    let seeder = spawn_seeder(kind, &[&case.torrent], &case.data, None);
+    let extra = ours_args(&[seeder.addr], &["--no-announce"]);
+    let target = case.torrent.to_str().unwrap();
+    download_from_only(&case, seeder, kind, target, unique_ip(), &extra);
+}
+
 fn single_by_peer(kind: Kind, label: &'static str) {
-    kind.require();
-    let _g = heavy_lock();
-    by_peer(kind, single_case(64, 0xD0 ^ label.len() as u64), label);
+    by_peer(kind, label, || single_case(64, 0xD0 ^ label.len() as u64));
 }
 
 fn tree_by_peer(kind: Kind, label: &'static str) {
-    kind.require();
-    let _g = heavy_lock();
-    by_peer(kind, tree_case(1000, 0xD1 ^ label.len() as u64), label);
+    by_peer(kind, label, || tree_case(1000, 0xD1 ^ label.len() as u64));
 }
 
 #[test]
@@ -732,82 +623,56 @@ fn download_1000_file_tree_from_qbittorrent_by_peer() {
 /// The seeder announces the tracker-only torrent to opentracker; once the tracker lists it, we
 /// get only that torrent (no --peer) and `--announce-ip` our own 127.x: the seeder's address
 /// can come from nowhere but the tracker's answer, and we must dial it.
-fn via_tracker(kind: Kind, case: Case, label: &'static str) {
-    let _t = Timed::new(label);
+fn via_tracker(kind: Kind, label: &'static str, case: impl FnOnce() -> Case) {
+    let _held = heavy(&[kind], label);
+    let case = case();
     let tracker = OpenTracker::start(std::slice::from_ref(&case.info_hash));
-    let torrent = tracked(&case, &[tracker.http_announce()], "http");
+    let torrent = case.tracked(&[tracker.http_announce()], "http");
     let seeder = spawn_seeder(kind, &[&torrent], &case.data, None);
     wait_listed(&tracker, &case.info_hash, &seeder);
     let ip = unique_ip();
-    let out = case.save_dir("ours");
-    let mut o = spawn_ours(
-        torrent.to_str().unwrap(),
-        &out,
-        &case.dir.path().join("state"),
-        ip,
-        &ours_args(&[], &["--announce-ip", &ip.to_string()]),
-    );
-    expect_info_hash(&mut o, &case.info_hash);
-    let r = finish(&mut o);
-    assert_full_download(&case, &out, &r);
-    assert_sole_source(&r, &seeder, kind);
-    stop_seeder(seeder);
+    let extra = ours_args(&[], &["--announce-ip", &ip.to_string()]);
+    download_from_only(&case, seeder, kind, torrent.to_str().unwrap(), ip, &extra);
 }
 
 #[test]
 fn download_64mib_from_aria2_via_tracker() {
-    Kind::Aria2.require();
-    let _g = heavy_lock();
-    via_tracker(
-        Kind::Aria2,
-        single_case(64, 0xA2A),
-        "download_64mib_from_aria2",
-    );
+    via_tracker(Kind::Aria2, "download_64mib_from_aria2", || {
+        single_case(64, 0xA2A)
+    });
 }
 
 #[test]
 fn download_tree_from_aria2_via_tracker() {
-    Kind::Aria2.require();
-    let _g = heavy_lock();
-    via_tracker(
-        Kind::Aria2,
-        tree_case(1000, 0xA2B),
-        "download_tree_from_aria2",
-    );
+    via_tracker(Kind::Aria2, "download_tree_from_aria2", || {
+        tree_case(1000, 0xA2B)
+    });
 }
 
 #[test]
 fn download_64mib_from_transmission_via_tracker() {
-    Kind::Transmission.require();
-    let _g = heavy_lock();
     via_tracker(
         Kind::Transmission,
-        single_case(64, 0x7A),
         "download_64mib_from_transmission",
+        || single_case(64, 0x7A),
     );
 }
 
 #[test]
 fn download_tree_from_transmission_via_tracker() {
-    Kind::Transmission.require();
-    let _g = heavy_lock();
     via_tracker(
         Kind::Transmission,
-        tree_case(1000, 0x7B),
         "download_tree_from_transmission",
+        || tree_case(1000, 0x7B),
     );
 }
 
 /// lt_seed.py announces the tracker-only torrent to opentracker; we are given only the torrent.
 #[test]
 fn download_via_opentracker_tracker_only_torrent() {
-    Kind::Libtorrent.require();
-    let _g = heavy_lock();
-    via_tracker(
-        Kind::Libtorrent,
-        single_case(64, 0x0707),
-        "download_via_opentracker",
-    );
+    via_tracker(Kind::Libtorrent, "download_via_opentracker", || {
+        single_case(64, 0x0707)
+    });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -819,33 +684,24 @@ fn download_via_opentracker_tracker_only_torrent() {
 /// then the data from it.
 #[test]
 fn download_from_magnet_against_libtorrent() {
-    Kind::Libtorrent.require();
-    let _g = heavy_lock();
-    let _t = Timed::new("download_from_magnet");
+    let _held = heavy(&[Kind::Libtorrent], "download_from_magnet");
     let case = tree_case(1000, 0x3A9);
     let info_len = info_bytes(&fs::read(&case.torrent).unwrap()).len();
     assert!(
         info_len > 2 * 16 * 1024,
         "the tree's metadata should span several 16 KiB pieces ({info_len} bytes)"
     );
-    let (seeder, magnet) = spawn_lt_meta_seeder(&case.torrent, &case.data);
+    let (seeder, magnet) = spawn_lt_meta_seeder(&case.torrent, &case.data, unique_ip(), &[]);
+    assert!(
+        magnet.contains(&format!("x.pe={}", seeder.addr)),
+        "lt_seed_meta.py's magnet has no x.pe={}: {magnet}",
+        seeder.addr
+    );
     assert!(
         !magnet.contains("tr="),
         "the magnet names a tracker: {magnet}"
     );
-    let out = case.save_dir("ours");
-    let mut o = spawn_ours(
-        &magnet,
-        &out,
-        &case.dir.path().join("state"),
-        unique_ip(),
-        &[],
-    );
-    expect_info_hash(&mut o, &case.info_hash);
-    let r = finish(&mut o);
-    assert_full_download(&case, &out, &r);
-    assert_sole_source(&r, &seeder, Kind::Libtorrent);
-    stop_seeder(seeder);
+    download_from_only(&case, seeder, Kind::Libtorrent, &magnet, unique_ip(), &[]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -858,11 +714,7 @@ fn download_from_magnet_against_libtorrent() {
 #[test]
 fn download_from_three_real_seeders_at_once() {
     let kinds = [Kind::Libtorrent, Kind::Rtorrent, Kind::Qbittorrent];
-    for k in kinds {
-        k.require();
-    }
-    let _g = heavy_lock();
-    let _t = Timed::new("download_from_three_seeders");
+    let _held = heavy(&kinds, "download_from_three_seeders");
     const RATE: u64 = 3 * MIB;
     let case = single_case(64, 0x333);
     let seeders: Vec<(Kind, Seeder)> = kinds
@@ -875,17 +727,10 @@ fn download_from_three_real_seeders_at_once() {
         })
         .collect();
     let addrs: Vec<SocketAddr> = seeders.iter().map(|(_, s)| s.addr).collect();
-    let out = case.save_dir("ours");
-    let mut o = spawn_ours(
-        case.torrent.to_str().unwrap(),
-        &out,
-        &case.dir.path().join("state"),
-        unique_ip(),
-        &ours_args(&addrs, &["--no-announce"]),
-    );
-    expect_info_hash(&mut o, &case.info_hash);
+    let extra = ours_args(&addrs, &["--no-announce"]);
+    let mut o = spawn_ours(&case, case.torrent.to_str().unwrap(), unique_ip(), &extra);
     let r = finish(&mut o);
-    assert_full_download(&case, &out, &r);
+    assert_full_download(&case, &o.out, &r);
     assert!(
         r.complete.secs >= 4.0,
         "harness: three seeders at {RATE} B/s each should take >= 4 s for 64 MiB, took {} s \
@@ -915,23 +760,23 @@ fn download_from_three_real_seeders_at_once() {
 /// the pieces run 1 reported verified, fetch only the rest, and complete intact.
 #[test]
 fn download_killed_with_sigkill_resumes_without_refetching() {
-    Kind::Libtorrent.require();
-    let _g = heavy_lock();
-    let _t = Timed::new("download_sigkill_resume");
-    // 4 MiB/s: 64 MiB take ~16 s, half way is ~8 s in: many progress lines at 0.2 s
-    const RATE: u64 = 4 * MIB;
+    let _held = heavy(&[Kind::Libtorrent], "download_sigkill_resume");
     let case = single_case(64, 0x9111);
     let g = Geometry::of(&case.torrent);
-    let seeder = spawn_seeder(Kind::Libtorrent, &[&case.torrent], &case.data, Some(RATE));
-    let out = case.save_dir("ours");
-    let state = case.dir.path().join("state");
+    // half way is ~8 s in: many progress lines at 0.2 s
+    let seeder = spawn_seeder(
+        Kind::Libtorrent,
+        &[&case.torrent],
+        &case.data,
+        Some(SLOW_SEEDER),
+    );
     let mut args = ours_args(&[seeder.addr], &["--no-announce"]);
     // progress lines every 0.2 s
     args.extend(["--status-interval".to_string(), "0.2".to_string()]);
     let target = case.torrent.to_str().unwrap();
 
-    let mut run1 = spawn_ours(target, &out, &state, unique_ip(), &args);
-    expect_info_hash(&mut run1, &case.info_hash);
+    // both runs: the same output and state dirs (the case's)
+    let mut run1 = spawn_ours(&case, target, unique_ip(), &args);
     let deadline = Instant::now() + DL_TIMEOUT;
     let at_kill = loop {
         let lines = run1.proc.stdout_lines();
@@ -979,12 +824,10 @@ fn download_killed_with_sigkill_resumes_without_refetching() {
         "harness: run 1 had every piece when killed"
     );
 
-    let mut run2 = spawn_ours(target, &out, &state, unique_ip(), &args);
-    expect_info_hash(&mut run2, &case.info_hash);
+    let mut run2 = spawn_ours(&case, target, unique_ip(), &args);
     let r = finish(&mut run2);
+    r.assert_every_piece(&g);
     let c = r.complete;
-    assert_eq!(c.pieces, g.pieces, "{}", r.logs);
-    assert_eq!(c.bytes, g.total, "{}", r.logs);
     assert!(
         c.resumed >= at_kill.have,
         "run 2 found {} pieces on disk, run 1 had reported have={} before the kill\n{}",
@@ -1015,7 +858,7 @@ fn download_killed_with_sigkill_resumes_without_refetching() {
         "run 2 completed {from_seeder} pieces from the seeder, {} were missing",
         g.pieces - c.resumed
     );
-    case.assert_downloaded(&out);
+    case.assert_downloaded(&run2.out);
     stop_seeder(seeder);
 }
 
@@ -1137,6 +980,12 @@ fn liar_conn(
         at: Instant::now(),
         why,
     };
+    let by_downloader = |good_blocks, corrupt_blocks| LiarEvent::ClosedByPeer {
+        conn,
+        at: Instant::now(),
+        good_blocks,
+        corrupt_blocks,
+    };
     let file = match fs::File::open(content) {
         Ok(f) => f,
         Err(e) => return by_liar(format!("open {}: {e}", content.display())),
@@ -1155,25 +1004,11 @@ fn liar_conn(
             return by_liar("stopped".into());
         }
         match s.read(&mut chunk) {
-            Ok(0) => {
-                return LiarEvent::ClosedByPeer {
-                    conn,
-                    at: Instant::now(),
-                    good_blocks: good,
-                    corrupt_blocks: corrupt,
-                }
-            }
+            Ok(0) => return by_downloader(good, corrupt),
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(_) => {
-                return LiarEvent::ClosedByPeer {
-                    conn,
-                    at: Instant::now(),
-                    good_blocks: good,
-                    corrupt_blocks: corrupt,
-                }
-            }
+            Err(_) => return by_downloader(good, corrupt),
         }
         if !shook {
             match wire::decode_handshake(&buf) {
@@ -1199,12 +1034,7 @@ fn liar_conn(
                     wire::encode(&Message::Bitfield(&bits), &mut out);
                     wire::encode(&Message::Unchoke, &mut out);
                     if s.write_all(&out).is_err() {
-                        return LiarEvent::ClosedByPeer {
-                            conn,
-                            at: Instant::now(),
-                            good_blocks: good,
-                            corrupt_blocks: corrupt,
-                        };
+                        return by_downloader(good, corrupt);
                     }
                 }
             }
@@ -1249,23 +1079,10 @@ fn liar_conn(
                 &mut out,
             );
             if s.write_all(&out).is_err() {
-                return LiarEvent::ClosedByPeer {
-                    conn,
-                    at: Instant::now(),
-                    good_blocks: good,
-                    corrupt_blocks: corrupt,
-                };
+                return by_downloader(good, corrupt);
             }
         }
     }
-}
-
-fn unhex20(h: &str) -> [u8; 20] {
-    let mut out = [0u8; 20];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap();
-    }
-    out
 }
 
 /// The liar (unlimited, on loopback: fast) and an honest libtorrent seeder held to 4 MiB/s.
@@ -1274,28 +1091,23 @@ fn unhex20(h: &str) -> [u8; 20] {
 /// honest seeder.
 #[test]
 fn corrupt_blocks_from_a_scripted_liar_are_refetched_and_the_liar_banned() {
-    Kind::Libtorrent.require();
-    let _g = heavy_lock();
-    let _t = Timed::new("scripted_liar");
-    const RATE: u64 = 4 * MIB;
+    let _held = heavy(&[Kind::Libtorrent], "scripted_liar");
     let case = single_case(64, 0x11A2);
     let g = Geometry::of(&case.torrent);
     let liar_ip = unique_ip();
     let liar = Liar::start(liar_ip, case.content(), unhex20(&case.info_hash), g);
-    let honest = spawn_seeder(Kind::Libtorrent, &[&case.torrent], &case.data, Some(RATE));
-    let out = case.save_dir("ours");
-    let mut o = spawn_ours(
-        case.torrent.to_str().unwrap(),
-        &out,
-        &case.dir.path().join("state"),
-        unique_ip(),
-        &ours_args(&[liar.addr, honest.addr], &["--no-announce"]),
+    let honest = spawn_seeder(
+        Kind::Libtorrent,
+        &[&case.torrent],
+        &case.data,
+        Some(SLOW_SEEDER),
     );
-    expect_info_hash(&mut o, &case.info_hash);
+    let extra = ours_args(&[liar.addr, honest.addr], &["--no-announce"]);
+    let mut o = spawn_ours(&case, case.torrent.to_str().unwrap(), unique_ip(), &extra);
     let r = finish(&mut o);
     let events = liar.stop();
     eprintln!("liar at {}: {events:?}", liar_summary(&events));
-    assert_full_download(&case, &out, &r);
+    assert_full_download(&case, &o.out, &r);
 
     // the liar: banned, with hash failures
     let lines = r.of(liar_ip.into());
@@ -1376,35 +1188,18 @@ fn liar_summary(events: &[LiarEvent]) -> String {
 /// leecher that knows only our address downloads an intact copy from us. SIGTERM: exit 0.
 #[test]
 fn seed_after_download_serves_a_libtorrent_leecher_and_tracker_saw_completed() {
-    Kind::Libtorrent.require();
-    let _g = heavy_lock();
-    let _t = Timed::new("seed_after_download");
+    let _held = heavy(&[Kind::Libtorrent], "seed_after_download");
     let case = single_case(64, 0x5EED5);
     let tracker = OpenTracker::start(std::slice::from_ref(&case.info_hash));
     // the seeder and the leecher get the tracker-less torrent: only we announce
     let source = spawn_seeder(Kind::Libtorrent, &[&case.torrent], &case.data, None);
     let (source_name, source_addr) = (source.proc.name().to_string(), source.addr);
     let ip = unique_ip();
-    let out = case.save_dir("ours");
-    let mut o = spawn_ours(
-        case.torrent.to_str().unwrap(),
-        &out,
-        &case.dir.path().join("state"),
-        ip,
-        &ours_args(
-            &[source.addr],
-            &[
-                "--seed",
-                "--tracker",
-                &tracker.http_announce(),
-                "--announce-ip",
-                &ip.to_string(),
-            ],
-        ),
-    );
-    expect_info_hash(&mut o, &case.info_hash);
-    let seeding = o.proc.wait_line("seeding:", DL_TIMEOUT);
-    let seeding = parse_addr(&o.proc, &seeding);
+    let (announce, ip_arg) = (tracker.http_announce(), ip.to_string());
+    let more = ["--seed", "--tracker", &announce, "--announce-ip", &ip_arg];
+    let extra = ours_args(&[source.addr], &more);
+    let mut o = spawn_ours(&case, case.torrent.to_str().unwrap(), ip, &extra);
+    let seeding = o.proc.wait_addr("seeding:", DL_TIMEOUT);
     assert_eq!(
         seeding, o.addr,
         "`seeding:` names another address than `listening:`"
@@ -1416,7 +1211,7 @@ fn seed_after_download_serves_a_libtorrent_leecher_and_tracker_saw_completed() {
         (Geometry::of(&case.torrent).pieces, 0),
         "{c:?}"
     );
-    case.assert_downloaded(&out);
+    case.assert_downloaded(&o.out);
     stop_seeder(source);
 
     // the scrape, polled (bounded): our `completed` announce counted, and us as a seeder
@@ -1455,25 +1250,14 @@ fn seed_after_download_serves_a_libtorrent_leecher_and_tracker_saw_completed() {
     l.expect_success(DL_TIMEOUT);
     case.assert_downloaded(&lsave);
     // our own copy is still intact after serving
-    case.assert_downloaded(&out);
+    case.assert_downloaded(&o.out);
 
-    let st = o.proc.terminate(Duration::from_secs(20));
-    match st {
-        Some(st) => assert!(
-            st.success(),
-            "uring-bt download --seed exited {st} on SIGTERM\n{}",
-            o.proc.logs()
-        ),
-        None => panic!(
-            "uring-bt download --seed did not stop within 20 s of SIGTERM\n{}",
-            o.proc.logs()
-        ),
-    }
+    o.proc.stop_cleanly(Duration::from_secs(20));
     // the `peer:` lines: printed after `complete:` (before `seeding:`, or at the end: the
     // contract does not say), read once the process is gone. The source completed every
     // piece; the leecher (a peer that connected to us) sent us nothing.
     let r = report(&o.proc);
-    assert_full_download(&case, &out, &r);
+    assert_full_download(&case, &o.out, &r);
     assert_sole_source_at(&r, &source_name, source_addr, Kind::Libtorrent);
 }
 
@@ -1488,26 +1272,13 @@ fn spawn_tracker_leecher(aria2: bool, torrent: &Path, save: &Path) -> Proc {
         require_tool("aria2c", "aria2");
     }
     let bind = unique_ip();
-    fs::create_dir_all(save).unwrap();
     let script = if aria2 {
         "aria2_leech.py"
     } else {
         "lt_tracker_leech.py"
     };
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg(client_script(script))
-        .arg(torrent)
-        .arg("--save")
-        .arg(save)
-        .arg("--bind")
-        .arg(bind.to_string())
-        .arg("--timeout")
-        .arg(DL_TIMEOUT.as_secs().to_string());
-    if aria2 {
-        let mut work = save.as_os_str().to_owned();
-        work.push(format!("-work-{bind}"));
-        cmd.arg("--workdir").arg(work);
-    }
+    // aria2 gets a work dir; libtorrent runs in the driver's own session
+    let cmd = leecher_cmd(script, None, torrent, save, bind, DL_TIMEOUT, aria2);
     Proc::spawn(&format!("{script} @{bind}"), cmd)
 }
 
@@ -1516,19 +1287,18 @@ fn spawn_tracker_leecher(aria2: bool, torrent: &Path, save: &Path) -> Proc {
 /// it there and dial it (transmission itself dials nobody on loopback).
 #[test]
 fn reference_transmission_seeds_via_tracker() {
-    Kind::Transmission.require();
-    require_tool("aria2c", "aria2");
-    let _g = heavy_lock();
-    let _t = Timed::new("reference_transmission_seeds");
+    // the leechers: libtorrent and aria2
+    let _held = heavy(
+        &[Kind::Transmission, Kind::Aria2],
+        "reference_transmission_seeds",
+    );
     reference_seeds_via_tracker(Kind::Transmission);
 }
 
 /// The same with aria2_seed.py (the torrent's own tracker; aria2 dials nobody as a seeder).
 #[test]
 fn reference_aria2_seeds_via_tracker() {
-    Kind::Aria2.require();
-    let _g = heavy_lock();
-    let _t = Timed::new("reference_aria2_seeds");
+    let _held = heavy(&[Kind::Aria2], "reference_aria2_seeds");
     reference_seeds_via_tracker(Kind::Aria2);
 }
 
@@ -1536,8 +1306,8 @@ fn reference_seeds_via_tracker(kind: Kind) {
     let single = single_case(8, 0x7E5);
     let tree = tree_case(200, 0x7E5);
     let tracker = OpenTracker::start(&[single.info_hash.clone(), tree.info_hash.clone()]);
-    let ts = tracked(&single, &[tracker.http_announce()], "http");
-    let tt = tracked(&tree, &[tracker.http_announce()], "http");
+    let ts = single.tracked(&[tracker.http_announce()], "http");
+    let tt = tree.tracked(&[tracker.http_announce()], "http");
     let data = tempfile::tempdir().unwrap();
     let data_dir = data.path().join("data");
     copy_tree(&single.content(), &data_dir.join(&single.name));
@@ -1575,8 +1345,7 @@ fn reference_seeds_via_tracker(kind: Kind) {
         l.expect_success(DL_TIMEOUT);
         case.assert_downloaded(save);
     }
-    let st = seeder.proc.terminate(Duration::from_secs(30));
-    assert!(st.is_some_and(|s| s.success()), "{}", seeder.proc.logs());
+    seeder.proc.stop_cleanly(Duration::from_secs(30));
     let up = seeder
         .proc
         .stderr_text()
@@ -1599,11 +1368,7 @@ fn reference_seed_drivers_honour_rate() {
         Kind::Aria2,
         Kind::Transmission,
     ];
-    for k in kinds {
-        k.require();
-    }
-    let _g = heavy_lock();
-    let _t = Timed::new("reference_seed_rates");
+    let _held = heavy(&kinds, "reference_seed_rates");
     let case = single_case(4, 0x4A7E);
     for k in kinds {
         let seeder = spawn_seeder(k, &[&case.torrent], &case.data, Some(MIB));

@@ -84,85 +84,6 @@ impl Case {
             assert_same_file(&self.content().join(rel), &got.join(rel));
         }
     }
-    /// A copy of the torrent that names `urls` as its trackers (same info hash).
-    fn tracked(&self, urls: &[String], label: &str) -> PathBuf {
-        let out = self.dir.path().join(format!("tracked-{label}.torrent"));
-        with_trackers(&self.torrent, &out, urls);
-        out
-    }
-}
-
-fn bstr(s: &[u8]) -> Vec<u8> {
-    let mut v = format!("{}:", s.len()).into_bytes();
-    v.extend_from_slice(s);
-    v
-}
-
-/// Writes a copy of the torrent `src` with top-level `announce` = urls[0] and `announce-list`
-/// = one tier per URL, spliced in front of its keys: the info dict's bytes (and so the info
-/// hash) do not change. `src` must have no tracker yet (libtorrent's torrents start with
-/// `created by`, which sorts after `announce-list`).
-fn with_trackers(src: &Path, dst: &Path, urls: &[String]) {
-    assert!(!urls.is_empty());
-    let data = fs::read(src).unwrap();
-    assert_eq!(
-        data.first(),
-        Some(&b'd'),
-        "{} is not a dictionary",
-        src.display()
-    );
-    let (first_key, _) = bdecode_prefix(&data[1..]).expect("torrent's first key");
-    let Bval::Bytes(k) = first_key else {
-        panic!("torrent key is not a string")
-    };
-    assert!(
-        k.as_slice() > b"announce-list".as_slice(),
-        "{} already starts with key {:?}",
-        src.display(),
-        String::from_utf8_lossy(&k)
-    );
-    let mut out = b"d".to_vec();
-    out.extend(bstr(b"announce"));
-    out.extend(bstr(urls[0].as_bytes()));
-    out.extend(bstr(b"announce-list"));
-    out.push(b'l');
-    for u in urls {
-        out.push(b'l');
-        out.extend(bstr(u.as_bytes()));
-        out.push(b'e');
-    }
-    out.push(b'e');
-    out.extend_from_slice(&data[1..]);
-    fs::write(dst, &out).unwrap();
-    assert_eq!(info_hash_of(&out), info_hash_of(&data));
-}
-
-/// SHA-1 of the exact bytes of the top-level `info` value, hex.
-fn info_hash_of(torrent: &[u8]) -> String {
-    let mut i = 1;
-    while torrent.get(i) != Some(&b'e') {
-        let (k, n) = bdecode_prefix(&torrent[i..]).expect("torrent key");
-        i += n;
-        let (_, m) = bdecode_prefix(&torrent[i..]).expect("torrent value");
-        if k == Bval::Bytes(b"info".to_vec()) {
-            let h: [u8; 20] = Sha1::digest(&torrent[i..i + m]).into();
-            return hex(&h);
-        }
-        i += m;
-    }
-    panic!("torrent has no info dictionary");
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex20(h: &str) -> [u8; 20] {
-    let mut out = [0u8; 20];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap();
-    }
-    out
 }
 
 fn percent_decode(s: &str) -> String {
@@ -281,25 +202,13 @@ impl Driver {
 fn spawn_driver(driver: Driver, target: &str, save: &Path, extra: &[&str]) -> Proc {
     driver.require();
     let bind = unique_ip();
-    fs::create_dir_all(save).unwrap();
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg(client_script(driver.script()))
-        .arg(target)
-        .arg("--save")
-        .arg(save)
-        .arg("--bind")
-        .arg(bind.to_string())
-        .arg("--timeout")
-        .arg(DOWNLOAD_TIMEOUT.as_secs().to_string());
-    if matches!(
+    // the client's profile/config dir, for all but libtorrent
+    let workdir = matches!(
         driver,
         Driver::Aria2 | Driver::Transmission | Driver::QbtMagnet
-    ) {
-        // the client's profile/config dir: inside the test's temp dir
-        let mut work = save.as_os_str().to_owned();
-        work.push(format!("-work-{bind}"));
-        cmd.arg("--workdir").arg(work);
-    }
+    );
+    let script = driver.script();
+    let mut cmd = leecher_cmd(script, None, target, save, bind, DOWNLOAD_TIMEOUT, workdir);
     cmd.args(extra);
     Proc::spawn(&format!("{} @{bind}", driver.script()), cmd)
 }
@@ -340,28 +249,6 @@ fn start_transmission(
 // Seeders
 // ---------------------------------------------------------------------------------------------
 
-/// lt_seed_meta.py: libtorrent with ut_metadata, announcing to `trackers`.
-fn spawn_lt_meta_seeder(torrent: &Path, data: &Path, trackers: &[String]) -> (Seeder, String) {
-    require_lt();
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg(client_script("lt_seed_meta.py"))
-        .arg(torrent)
-        .arg("--data")
-        .arg(data)
-        .arg("--listen")
-        .arg(format!("{}:0", unique_ip()))
-        .arg("--timeout")
-        .arg("1800");
-    for t in trackers {
-        cmd.arg("--tracker").arg(t);
-    }
-    let mut proc = Proc::spawn("lt_seed_meta.py", cmd);
-    let l = proc.wait_line("listening:", Duration::from_secs(120));
-    let addr: SocketAddr = parse_v4(&proc, &l).into();
-    let magnet = proc.wait_line("magnet:", Duration::from_secs(5));
-    (Seeder { proc, addr }, magnet)
-}
-
 /// `uring-bt seed TORRENT --data DIR --listen 127.0.0.1:0 --tracker URL...`, once it printed
 /// `listening:` and `info_hash:` (checked against `info_hash`).
 fn spawn_ours(torrent: &Path, data: &Path, trackers: &[String], info_hash: &str) -> Seeder {
@@ -395,8 +282,7 @@ fn spawn_ours(torrent: &Path, data: &Path, trackers: &[String], info_hash: &str)
 }
 
 fn stop_lt(mut s: Seeder) {
-    let st = s.proc.terminate(Duration::from_secs(20));
-    assert!(st.is_some_and(|s| s.success()), "{}", s.proc.logs());
+    s.proc.stop_cleanly(Duration::from_secs(20));
 }
 
 /// The tracker lists `seeder` at exactly the address it listens on (the announce carried the
@@ -675,8 +561,12 @@ fn reference_libtorrent_magnet_tracker_only_from_libtorrent() {
     let _t = Timed::new("reference_lt_magnet");
     let case = tree_case(200, 0x3A6);
     let tracker = OpenTracker::start(std::slice::from_ref(&case.info_hash));
-    let (seeder, _magnet) =
-        spawn_lt_meta_seeder(&case.torrent, &case.data, &[tracker.http_announce()]);
+    let (seeder, _magnet) = spawn_lt_meta_seeder(
+        &case.torrent,
+        &case.data,
+        unique_ip(),
+        &[tracker.http_announce()],
+    );
     wait_listed(&tracker, &case.info_hash, &seeder, "lt_seed_meta.py");
     let save = case.save_dir("lt-magnet");
     let m = tracker_only_magnet(&case.info_hash, &tracker.http_announce());
@@ -695,8 +585,12 @@ fn reference_qbittorrent_and_aria2_magnet_from_libtorrent() {
     let _t = Timed::new("reference_qbt_aria2_magnet");
     let case = tree_case(200, 0x0B7);
     let tracker = OpenTracker::start(std::slice::from_ref(&case.info_hash));
-    let (seeder, magnet) =
-        spawn_lt_meta_seeder(&case.torrent, &case.data, &[tracker.http_announce()]);
+    let (seeder, magnet) = spawn_lt_meta_seeder(
+        &case.torrent,
+        &case.data,
+        unique_ip(),
+        &[tracker.http_announce()],
+    );
     wait_listed(&tracker, &case.info_hash, &seeder, "lt_seed_meta.py");
     let qsave = case.save_dir("qbt-magnet");
     let q = spawn_driver(Driver::QbtMagnet, &magnet, &qsave, &[]);
@@ -748,7 +642,7 @@ fn reference_raw_peer_metadata_public_and_private_from_libtorrent() {
     let _t = Timed::new("reference_raw_peer");
     let case = single_case(2, 0x9A);
     // public
-    let (seeder, _) = spawn_lt_meta_seeder(&case.torrent, &case.data, &[]);
+    let (seeder, _) = spawn_lt_meta_seeder(&case.torrent, &case.data, unique_ip(), &[]);
     let r = raw_peer(seeder.addr, &case.info_hash, Duration::from_secs(3));
     eprintln!("libtorrent, public torrent: {r:?}");
     assert!(r.ext_bit && r.ut_metadata.is_some(), "{r:?}");
@@ -777,7 +671,7 @@ fn reference_raw_peer_metadata_public_and_private_from_libtorrent() {
     run_ok("mktorrent", cmd, Duration::from_secs(60));
     let ph = info_hash_of(&fs::read(&private).unwrap());
     tracker.allow(&ph);
-    let (seeder, _) = spawn_lt_meta_seeder(&private, &case.data, &[]);
+    let (seeder, _) = spawn_lt_meta_seeder(&private, &case.data, unique_ip(), &[]);
     let r = raw_peer(seeder.addr, &ph, Duration::from_secs(3));
     eprintln!("libtorrent, private torrent: {r:?}");
     assert_no_metadata_no_pex(&r);

@@ -11,8 +11,6 @@ use common::*;
 use sha1::{Digest, Sha1};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
@@ -23,7 +21,7 @@ use uring_bt::control::metadata::{
 };
 use uring_bt_proto::ext::{self, MetadataMsg};
 use uring_bt_proto::magnet;
-use uring_bt_proto::metainfo::{hex, Metainfo};
+use uring_bt_proto::metainfo::Metainfo;
 use uring_bt_proto::wire::{self, ExtHandshake, Handshake, Message, OwnedMessage};
 
 const PEER_ID: [u8; 20] = *b"-UB0001-metadatatest";
@@ -34,16 +32,28 @@ fn config() -> FetchConfig {
     cfg
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 fn fetch(
     info_hash: [u8; 20],
     peers: Vec<SocketAddr>,
     cfg: &FetchConfig,
 ) -> Result<Fetched, FetchError> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(fetch_metadata(info_hash, peers, cfg, None))
+    runtime().block_on(fetch_metadata(info_hash, peers, cfg, None))
+}
+
+/// The fetch fails, and within 5 s.
+fn fetch_fails_fast(info_hash: [u8; 20], peers: Vec<SocketAddr>, cfg: &FetchConfig) -> FetchError {
+    let start = Instant::now();
+    let err = fetch(info_hash, peers, cfg).unwrap_err();
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(5), "{took:?}: {err}");
+    err
 }
 
 fn sha1(b: &[u8]) -> [u8; 20] {
@@ -65,31 +75,6 @@ fn assert_is_info_of(info: &[u8], meta: &Metainfo) {
 // Real seeders
 // ---------------------------------------------------------------------------------------------
 
-/// lt_seed_meta.py (libtorrent with ut_metadata) on its own 127.0.0.x; returns the seeder and
-/// the magnet link libtorrent printed.
-fn spawn_lt_meta_seeder(torrent: &Path, data: &Path) -> (Seeder, String) {
-    require_libtorrent();
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg(client_script("lt_seed_meta.py"))
-        .arg(torrent)
-        .arg("--data")
-        .arg(data)
-        .arg("--listen")
-        .arg(format!("{}:0", unique_ip()))
-        .arg("--timeout")
-        .arg("600");
-    let mut proc = Proc::spawn("lt_seed_meta.py", cmd);
-    let l = proc.wait_line("listening:", Duration::from_secs(120));
-    let addr: SocketAddr = l
-        .split_whitespace()
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad `listening: {l}`\n{}", proc.logs()));
-    assert!(addr.ip().is_loopback());
-    let magnet = proc.wait_line("magnet:", Duration::from_secs(5));
-    (Seeder { proc, addr }, magnet)
-}
-
 /// (a) From a real libtorrent seeder, through the magnet link it prints (parsed by our parser):
 /// the bytes hash to the info hash and are the info dict of the .torrent, byte for byte.
 #[test]
@@ -104,7 +89,7 @@ fn fetches_from_libtorrent() {
         "the case should span several metadata pieces: {} bytes",
         meta.info_bytes.len()
     );
-    let (seeder, link) = spawn_lt_meta_seeder(&case.torrent, &case.data);
+    let (seeder, link) = spawn_lt_meta_seeder(&case.torrent, &case.data, unique_ip(), &[]);
     let m = magnet::parse(&link).unwrap_or_else(|e| panic!("libtorrent's magnet {link}: {e}"));
     assert_eq!(hex(&m.info_hash), case.info_hash);
     assert_eq!(m.peers, vec![seeder.addr], "{link}");
@@ -216,6 +201,17 @@ impl ScriptedPeer {
             requests,
             thread: Some(thread),
         }
+    }
+
+    /// A peer that serves `info` (its info hash is `info`'s), as a corrupt copy when
+    /// `corrupt`, each data reply after `delay`.
+    fn serving(info: &Arc<Vec<u8>>, corrupt: bool, delay: Duration) -> ScriptedPeer {
+        let script = Script::Serve {
+            info: info.clone(),
+            corrupt,
+            delay,
+        };
+        ScriptedPeer::start(sha1(info), script)
     }
 }
 
@@ -397,22 +393,8 @@ fn fake_info(len: usize) -> Vec<u8> {
 fn a_lying_peer_is_counted_and_the_honest_one_wins() {
     let info = Arc::new(fake_info(40_000));
     let ih = sha1(&info);
-    let liar = ScriptedPeer::start(
-        ih,
-        Script::Serve {
-            info: info.clone(),
-            corrupt: true,
-            delay: Duration::ZERO,
-        },
-    );
-    let honest = ScriptedPeer::start(
-        ih,
-        Script::Serve {
-            info: info.clone(),
-            corrupt: false,
-            delay: Duration::ZERO,
-        },
-    );
+    let liar = ScriptedPeer::serving(&info, true, Duration::ZERO);
+    let honest = ScriptedPeer::serving(&info, false, Duration::ZERO);
     // One at a time, the liar first.
     let mut cfg = config();
     cfg.max_parallel = 1;
@@ -426,14 +408,7 @@ fn a_lying_peer_is_counted_and_the_honest_one_wins() {
     );
 
     // In parallel, the honest one answering more slowly: the liar is done (and counted) first.
-    let slow = ScriptedPeer::start(
-        ih,
-        Script::Serve {
-            info: info.clone(),
-            corrupt: false,
-            delay: Duration::from_millis(300),
-        },
-    );
+    let slow = ScriptedPeer::serving(&info, false, Duration::from_millis(300));
     let got = fetch(ih, vec![slow.addr, liar.addr], &config()).unwrap();
     assert_eq!(got.info, *info);
     assert_eq!((got.from, got.tried, got.bad_metadata), (slow.addr, 2, 1));
@@ -461,9 +436,7 @@ fn a_silent_peer_times_out() {
     let silent = ScriptedPeer::start(ih, Script::Silent);
     let mut cfg = config();
     cfg.peer_timeout = Duration::from_secs(1);
-    let start = Instant::now();
-    let err = fetch(ih, vec![silent.addr], &cfg).unwrap_err();
-    let took = start.elapsed();
+    let err = fetch_fails_fast(ih, vec![silent.addr], &cfg);
     assert!(
         matches!(&err, FetchError::AllFailed { tried: 1, reasons, .. }
             if matches!(reasons[..], [(_, PeerError::Timeout(_))])),
@@ -474,13 +447,10 @@ fn a_silent_peer_times_out() {
             .contains("timed out: no metadata within 1 s"),
         "{err}"
     );
-    assert!(took < Duration::from_secs(5), "{took:?}");
 
     let mut cfg = config();
     cfg.total_timeout = Duration::from_millis(800);
-    let start = Instant::now();
-    let err = fetch(ih, vec![silent.addr], &cfg).unwrap_err();
-    let took = start.elapsed();
+    let err = fetch_fails_fast(ih, vec![silent.addr], &cfg);
     assert!(
         matches!(err, FetchError::TimedOut { tried: 1, .. }),
         "{err:?}"
@@ -490,7 +460,6 @@ fn a_silent_peer_times_out() {
             .starts_with("timed out after 0.8 s fetching the metadata"),
         "{err}"
     );
-    assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 /// (e) A peer announcing a metadata_size above the cap is refused at once (nothing requested,
@@ -544,18 +513,8 @@ fn oversized_rejecting_and_foreign_peers_are_refused() {
 fn peers_found_later_are_tried() {
     let info = Arc::new(fake_info(5_000));
     let ih = sha1(&info);
-    let honest = ScriptedPeer::start(
-        ih,
-        Script::Serve {
-            info: info.clone(),
-            corrupt: false,
-            delay: Duration::ZERO,
-        },
-    );
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let honest = ScriptedPeer::serving(&info, false, Duration::ZERO);
+    let rt = runtime();
     let cfg = config();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let addr = honest.addr;

@@ -8,7 +8,10 @@
 
 pub mod opentracker;
 
+use opentracker::{bdecode_prefix, Bval};
+use sha1::{Digest, Sha1};
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -37,6 +40,13 @@ pub fn client_script(name: &str) -> PathBuf {
     let p = clients_dir().join(name);
     assert!(p.is_file(), "driver script {} is missing", p.display());
     p
+}
+
+/// `PYTHON engine/tests/clients/SCRIPT [SUB]`: the start of a driver's command line.
+pub fn driver_cmd(script: &str, sub: Option<&str>) -> Command {
+    let mut cmd = Command::new(PYTHON);
+    cmd.arg(client_script(script)).args(sub);
+    cmd
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -318,6 +328,22 @@ impl Proc {
         }
     }
 
+    /// Waits (bounded) for the stdout line `PREFIX IP:PORT ...` (`listening:`, `seeding:`) and
+    /// returns the address, which must be a loopback one with a port.
+    pub fn wait_addr(&mut self, prefix: &str, timeout: Duration) -> SocketAddr {
+        let line = self.wait_line(prefix, timeout);
+        let s = line.split_whitespace().next().unwrap_or("");
+        let addr: SocketAddr = s
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: bad `{prefix} {s}` ({e})\n{}", self.name, self.logs()));
+        assert!(
+            addr.ip().is_loopback() && addr.port() != 0,
+            "{}: `{prefix} {addr}` is not a loopback address with a port",
+            self.name
+        );
+        addr
+    }
+
     fn try_status(&mut self) -> Option<ExitStatus> {
         if self.status.is_none() {
             self.status = self.child.try_wait().ok().flatten();
@@ -372,6 +398,24 @@ impl Proc {
         }
         self.kill_group();
         None
+    }
+
+    /// SIGTERM: the process must exit 0 within `timeout` (else it is killed and the test fails,
+    /// with its logs).
+    pub fn stop_cleanly(&mut self, timeout: Duration) {
+        match self.terminate(timeout) {
+            Some(st) => assert!(
+                st.success(),
+                "{} exited {st} on SIGTERM\n{}",
+                self.name,
+                self.logs()
+            ),
+            None => panic!(
+                "{} did not stop within {timeout:?} of SIGTERM\n{}",
+                self.name,
+                self.logs()
+            ),
+        }
     }
 
     fn kill_group(&mut self) {
@@ -710,9 +754,8 @@ pub fn flip_byte(path: &Path, offset: u64) {
 /// libtorrent creates a v1 torrent of `path` into `out`; returns libtorrent's info hash.
 pub fn lt_create(path: &Path, out: &Path, piece_length: u32) -> String {
     require_libtorrent();
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg(client_script("lt_create.py"))
-        .arg(path)
+    let mut cmd = driver_cmd("lt_create.py", None);
+    cmd.arg(path)
         .arg("-o")
         .arg(out)
         .arg("--piece-length")
@@ -725,14 +768,95 @@ pub fn lt_create(path: &Path, out: &Path, piece_length: u32) -> String {
 /// libtorrent's view of a torrent (and, with `check`, of its data in `check`/<name>).
 pub fn lt_info(torrent: &Path, check: Option<&Path>) -> serde_json::Value {
     require_libtorrent();
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg(client_script("lt_info.py")).arg(torrent);
+    let mut cmd = driver_cmd("lt_info.py", None);
+    cmd.arg(torrent);
     if let Some(dir) = check {
         cmd.arg("--check").arg(dir);
     }
     let stdout = run_ok("lt_info.py", cmd, Duration::from_secs(300));
     serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("lt_info.py printed no JSON ({e}): {stdout}"))
+}
+
+/// Lowercase hex.
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The 20 bytes of a hex v1 info hash.
+pub fn unhex20(h: &str) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap();
+    }
+    out
+}
+
+/// The exact bytes of a torrent's top-level `info` value (read with the harness's own
+/// bencode decoder).
+pub fn info_bytes(torrent: &[u8]) -> &[u8] {
+    let mut i = 1;
+    while torrent.get(i) != Some(&b'e') {
+        let (k, n) = bdecode_prefix(&torrent[i..]).expect("torrent key");
+        i += n;
+        let (_, m) = bdecode_prefix(&torrent[i..]).expect("torrent value");
+        if k == Bval::Bytes(b"info".to_vec()) {
+            return &torrent[i..i + m];
+        }
+        i += m;
+    }
+    panic!("torrent has no info dictionary");
+}
+
+/// SHA-1 of the exact bytes of the top-level `info` value, hex.
+pub fn info_hash_of(torrent: &[u8]) -> String {
+    let h: [u8; 20] = Sha1::digest(info_bytes(torrent)).into();
+    hex(&h)
+}
+
+fn bstr(s: &[u8]) -> Vec<u8> {
+    let mut v = format!("{}:", s.len()).into_bytes();
+    v.extend_from_slice(s);
+    v
+}
+
+/// Writes a copy of the torrent `src` with top-level `announce` = urls[0] and `announce-list`
+/// = one tier per URL, spliced in front of its keys: the info dict's bytes (and so the info
+/// hash) do not change. `src` must have no tracker yet (libtorrent's torrents start with
+/// `created by`, which sorts after `announce-list`).
+pub fn with_trackers(src: &Path, dst: &Path, urls: &[String]) {
+    assert!(!urls.is_empty());
+    let data = fs::read(src).unwrap();
+    assert_eq!(
+        data.first(),
+        Some(&b'd'),
+        "{} is not a dictionary",
+        src.display()
+    );
+    let (first_key, _) = bdecode_prefix(&data[1..]).expect("torrent's first key");
+    let Bval::Bytes(k) = first_key else {
+        panic!("torrent key is not a string")
+    };
+    assert!(
+        k.as_slice() > b"announce-list".as_slice(),
+        "{} already starts with key {:?}",
+        src.display(),
+        String::from_utf8_lossy(&k)
+    );
+    let mut out = b"d".to_vec();
+    out.extend(bstr(b"announce"));
+    out.extend(bstr(urls[0].as_bytes()));
+    out.extend(bstr(b"announce-list"));
+    out.push(b'l');
+    for u in urls {
+        out.push(b'l');
+        out.extend(bstr(u.as_bytes()));
+        out.push(b'e');
+    }
+    out.push(b'e');
+    out.extend_from_slice(&data[1..]);
+    fs::write(dst, &out).unwrap();
+    assert_eq!(info_hash_of(&out), info_hash_of(&data));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -745,20 +869,24 @@ pub struct Seeder {
     pub addr: SocketAddr,
 }
 
-fn parse_listening(p: &mut Proc, timeout: Duration) -> SocketAddr {
-    let line = p.wait_line("listening:", timeout);
-    // `listening: <ip:port>` maybe followed by details
-    let s = line.split_whitespace().next().unwrap_or("");
-    let addr: SocketAddr = s
-        .parse()
-        .unwrap_or_else(|e| panic!("{}: bad `listening: {s}` ({e})\n{}", p.name(), p.logs()));
-    assert!(
-        addr.ip().is_loopback(),
-        "{} listens on non-loopback {addr}",
-        p.name()
-    );
-    assert_ne!(addr.port(), 0, "{} printed port 0", p.name());
-    addr
+/// `PYTHON SCRIPT [SUB] TORRENTS... --data DATA --listen IP:0 --timeout 1800`: the command line
+/// of a seeder driver (engine/tests/clients), which serves whoever connects until it is stopped.
+pub fn seeder_cmd(
+    script: &str,
+    sub: Option<&str>,
+    torrents: &[&Path],
+    data: &Path,
+    ip: Ipv4Addr,
+) -> Command {
+    let mut cmd = driver_cmd(script, sub);
+    cmd.args(torrents)
+        .arg("--data")
+        .arg(data)
+        .arg("--listen")
+        .arg(format!("{ip}:0"))
+        .arg("--timeout")
+        .arg("1800");
+    cmd
 }
 
 /// `uring-bt seed <torrents> --data <data> --listen 127.0.0.1:0`, optionally under an
@@ -795,27 +923,37 @@ pub fn spawn_our_seeder(torrents: &[&Path], data: &Path, nofile: Option<u64>) ->
         }
     }
     let mut proc = Proc::spawn("uring-bt seed", cmd);
-    let addr = parse_listening(&mut proc, Duration::from_secs(120));
+    let addr = proc.wait_addr("listening:", Duration::from_secs(120));
     Seeder { proc, addr }
 }
 
 /// The libtorrent reference seeder (engine/tests/clients/lt_seed.py) on `ip`.
 pub fn spawn_lt_seeder(torrents: &[&Path], data: &Path, ip: Ipv4Addr) -> Seeder {
     require_libtorrent();
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg(client_script("lt_seed.py"));
-    for t in torrents {
-        cmd.arg(t);
-    }
-    cmd.arg("--data")
-        .arg(data)
-        .arg("--listen")
-        .arg(format!("{ip}:0"))
-        .arg("--timeout")
-        .arg("1800");
+    let cmd = seeder_cmd("lt_seed.py", None, torrents, data, ip);
     let mut proc = Proc::spawn("lt_seed.py", cmd);
-    let addr = parse_listening(&mut proc, Duration::from_secs(120));
+    let addr = proc.wait_addr("listening:", Duration::from_secs(120));
     Seeder { proc, addr }
+}
+
+/// libtorrent with ut_metadata (BEP 9; engine/tests/clients/lt_seed_meta.py) on `ip`,
+/// announcing to `trackers`; returns it and the magnet link it prints (`xt`, `dn`, `tr=` its
+/// trackers, `x.pe=` its listening address).
+pub fn spawn_lt_meta_seeder(
+    torrent: &Path,
+    data: &Path,
+    ip: Ipv4Addr,
+    trackers: &[String],
+) -> (Seeder, String) {
+    require_libtorrent();
+    let mut cmd = seeder_cmd("lt_seed_meta.py", None, &[torrent], data, ip);
+    for t in trackers {
+        cmd.arg("--tracker").arg(t);
+    }
+    let mut proc = Proc::spawn(&format!("lt_seed_meta.py @{ip}"), cmd);
+    let addr = proc.wait_addr("listening:", Duration::from_secs(120));
+    let magnet = proc.wait_line("magnet:", Duration::from_secs(5));
+    (Seeder { proc, addr }, magnet)
 }
 
 /// Open descriptors of a process right now (None once it is gone).
@@ -884,6 +1022,36 @@ impl Drop for FdSampler {
 // Leechers
 // ---------------------------------------------------------------------------------------------
 
+/// `PYTHON SCRIPT [SUB] TARGET --save SAVE --bind BIND --timeout SECS`, and with `workdir`
+/// `--workdir SAVE-work-BIND` (the client's profile/session dir: inside the test's temp dir, so
+/// that it goes away with the test even if the driver is killed): the command line of a leecher
+/// driver (engine/tests/clients). Creates `save`.
+pub fn leecher_cmd(
+    script: &str,
+    sub: Option<&str>,
+    target: impl AsRef<OsStr>,
+    save: &Path,
+    bind: Ipv4Addr,
+    timeout: Duration,
+    workdir: bool,
+) -> Command {
+    fs::create_dir_all(save).unwrap();
+    let mut cmd = driver_cmd(script, sub);
+    cmd.arg(target)
+        .arg("--save")
+        .arg(save)
+        .arg("--bind")
+        .arg(bind.to_string())
+        .arg("--timeout")
+        .arg(timeout.as_secs().to_string());
+    if workdir {
+        let mut work = save.as_os_str().to_owned();
+        work.push(format!("-work-{bind}"));
+        cmd.arg("--workdir").arg(work);
+    }
+    cmd
+}
+
 /// Starts a real-client leecher of `torrent` into `save` from `peer`, bound to `bind`.
 /// The driver exits 0 once the client reports the torrent complete (every piece checked).
 pub fn spawn_leecher(
@@ -896,38 +1064,15 @@ pub fn spawn_leecher(
 ) -> Proc {
     client.require();
     assert!(peer.ip().is_loopback() && bind.is_loopback());
-    fs::create_dir_all(save).unwrap();
-    let mut cmd = Command::new(PYTHON);
-    let name = match client {
-        Client::Libtorrent => {
-            cmd.arg(client_script("lt_leech.py"));
-            "libtorrent leecher"
-        }
-        Client::Rtorrent => {
-            cmd.arg(client_script("rtorrent_client.py")).arg("leech");
-            "rtorrent leecher"
-        }
-        Client::Qbittorrent => {
-            cmd.arg(client_script("qbt_client.py")).arg("leech");
-            "qbittorrent-nox leecher"
-        }
+    let (script, sub, name) = match client {
+        Client::Libtorrent => ("lt_leech.py", None, "libtorrent leecher"),
+        Client::Rtorrent => ("rtorrent_client.py", Some("leech"), "rtorrent leecher"),
+        Client::Qbittorrent => ("qbt_client.py", Some("leech"), "qbittorrent-nox leecher"),
     };
-    cmd.arg(torrent)
-        .arg("--save")
-        .arg(save)
-        .arg("--peer")
-        .arg(peer.to_string())
-        .arg("--bind")
-        .arg(bind.to_string())
-        .arg("--timeout")
-        .arg(timeout.as_secs().to_string());
-    if client != Client::Libtorrent {
-        // the client's profile/session/socket dir: inside the test's temp dir, so that it goes
-        // away with the test even if the driver is killed
-        let mut work = save.as_os_str().to_owned();
-        work.push(format!("-work-{bind}"));
-        cmd.arg("--workdir").arg(work);
-    }
+    // a profile/session/socket dir for the clients other than the driver's own libtorrent
+    let workdir = client != Client::Libtorrent;
+    let mut cmd = leecher_cmd(script, sub, torrent, save, bind, timeout, workdir);
+    cmd.arg("--peer").arg(peer.to_string());
     Proc::spawn(&format!("{name} @{bind}"), cmd)
 }
 
@@ -970,6 +1115,14 @@ impl Case {
         } else {
             assert_same_file(&self.content(), &got);
         }
+    }
+    /// A copy of the (tracker-less) torrent that names `urls` as its trackers, at
+    /// `tracked-<label>.torrent`: the same info hash, libtorrent's.
+    pub fn tracked(&self, urls: &[String], label: &str) -> PathBuf {
+        let out = self.dir.path().join(format!("tracked-{label}.torrent"));
+        with_trackers(&self.torrent, &out, urls);
+        assert_eq!(info_hash_of(&fs::read(&out).unwrap()), self.info_hash);
+        out
     }
 }
 
@@ -1014,18 +1167,7 @@ pub const MIB: u64 = 1024 * 1024;
 /// Stops our seeder with SIGTERM: it must exit 0 (the CLI contract) and its `stopped:` line
 /// must count 0 peers dropped for misbehaving (real clients never are). Returns its stderr.
 pub fn stop_our_seeder(mut s: Seeder) -> String {
-    let st = s.proc.terminate(Duration::from_secs(20));
-    match st {
-        Some(st) => assert!(
-            st.success(),
-            "uring-bt seed exited {st} on SIGTERM\n{}",
-            s.proc.logs()
-        ),
-        None => panic!(
-            "uring-bt seed did not stop within 20 s of SIGTERM\n{}",
-            s.proc.logs()
-        ),
-    }
+    s.proc.stop_cleanly(Duration::from_secs(20));
     let err = s.proc.stderr_text();
     let Some(stopped) = err.lines().rev().find(|l| l.starts_with("stopped:")) else {
         panic!(

@@ -22,7 +22,7 @@
 //!   client learns of peers that announce after it only if it re-announces (aria2
 //!   `--bt-tracker-interval`, libtorrent `force_reannounce`), or when they dial it.
 
-use super::{on_path, require_tool, run, Proc};
+use super::{on_path, require_tool, run, unhex20, Proc};
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
@@ -97,12 +97,7 @@ fn check_hash(h: &str) -> String {
 }
 
 fn hash_bytes(hex: &str) -> [u8; 20] {
-    let hex = check_hash(hex);
-    let mut out = [0u8; 20];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap();
-    }
-    out
+    unhex20(&check_hash(hex))
 }
 
 /// `%XX` for every byte that is not unreserved (what a tracker query wants for binary).
