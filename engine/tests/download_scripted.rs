@@ -221,6 +221,22 @@ fn inbound_seeders_on_both_shards_all_contribute() {
         ips.push(sip);
         threads.push(dialing_seeder(sip, &t, 2 << 20, deadline, true));
     }
+    // Peers that connect and send nothing but a handshake get no record (a peer connecting
+    // from ever new ports must not grow the download's per-address records).
+    let mut silent = Vec::new();
+    let silent_ip = unique_ip();
+    for _ in 0..20 {
+        let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        sock.bind(&SocketAddr::new(silent_ip.into(), 0).into())
+            .expect("bind");
+        sock.connect(&t.addr.into()).expect("connect");
+        let mut s: TcpStream = sock.into();
+        let mut hs = Vec::new();
+        wire::encode_handshake(&Handshake::new(t.info_hash, [b's'; 20]), &mut hs);
+        s.write_all(&hs).expect("handshake");
+        silent.push(s);
+    }
     let complete = dl.wait_line("complete:", Duration::from_secs(60));
     assert_eq!(kv(&complete, "resumed"), Some("0"), "{complete}");
     let status = dl.wait_exit(Duration::from_secs(20));
@@ -239,6 +255,13 @@ fn inbound_seeders_on_both_shards_all_contribute() {
             "{sip} contributed nothing (not handed to the home shard?): {line}"
         );
     }
+    assert!(
+        !peers
+            .iter()
+            .any(|l| kv(l, "addr").is_some_and(|a| a.starts_with(&format!("{silent_ip}:")))),
+        "silent peers got records: {peers:?}"
+    );
+    drop(silent);
     for t in threads {
         let _ = t.join();
     }

@@ -628,10 +628,22 @@ fn piece_failed(
         );
         if slot.dl.points >= ban_at {
             if let Ok(mut b) = d.banned.lock() {
-                b.insert(slot.addr.ip());
+                if b.len() < crate::server::registry::MAX_BANNED {
+                    b.insert(slot.addr.ip());
+                }
             }
             if let Ok(mut recs) = d.peers.lock() {
-                recs.entry(slot.addr).or_default().banned = true;
+                if let Some(r) = recs.get_mut(&slot.addr) {
+                    r.banned = true;
+                } else if recs.len() < crate::server::registry::MAX_PEER_RECORDS {
+                    recs.insert(
+                        slot.addr,
+                        PeerRecord {
+                            banned: true,
+                            ..PeerRecord::default()
+                        },
+                    );
+                }
             }
             tracing::warn!(torrent = %torrent.name, peer = %slot.addr, "banned: sent data that failed the hash check");
             slot.close_for(CloseReason::Banned);
@@ -689,6 +701,17 @@ fn flush_record(shard: &Shard, t: usize, slot: &mut crate::server::state::PeerSl
         return;
     }
     if let Ok(mut recs) = d.peers.lock() {
+        if !recs.contains_key(&slot.addr) {
+            // Only peers that gave us something get a record, and only so many.
+            if slot.dl.downloaded == 0 && slot.dl.hash_failures == 0 {
+                return;
+            }
+            if recs.len() >= crate::server::registry::MAX_PEER_RECORDS {
+                d.records_dropped.fetch_add(1, Relaxed);
+                slot.dl.flushed = (slot.dl.downloaded, slot.dl.pieces, slot.dl.hash_failures);
+                return;
+            }
+        }
         let r: &mut PeerRecord = recs.entry(slot.addr).or_default();
         if r.client.is_empty() {
             r.client = client_name(slot);

@@ -192,10 +192,13 @@ pub struct DownloadShared {
     pub completed_at: Mutex<Option<std::time::Instant>>,
     /// Why the download stopped (a full or failing disk); verified data and seeding go on.
     pub fatal: Mutex<Option<String>>,
-    /// Per peer address: what it gave us (the `peer:` lines). At most one entry per connection
-    /// ever made, bounded by the dialer's list and the connection limits over the run.
+    /// Per peer address: what it gave us (the `peer:` lines). Only peers that sent us data or
+    /// failed a check get one, at most [`MAX_PEER_RECORDS`]; the rest are counted in
+    /// `records_dropped`.
     pub peers: Mutex<HashMap<std::net::SocketAddr, PeerRecord>>,
-    /// Peers that sent data failing the hash check too often: never connected again.
+    pub records_dropped: AtomicU64,
+    /// Peers that sent data failing the hash check too often: never connected again. At most
+    /// [`MAX_BANNED`] addresses (beyond, a banned peer is still closed, not remembered).
     pub banned: Mutex<std::collections::HashSet<std::net::IpAddr>>,
     /// Pieces in progress with the blocks already written (block bitmaps): from the resume
     /// data at start (taken by the home shard), and from the home shard at a stop (saved).
@@ -203,6 +206,12 @@ pub struct DownloadShared {
     /// Bytes of blocks restored from partial pieces at start.
     pub restored: AtomicU64,
 }
+
+/// Most per-address records of a download (a peer connecting from ever new ports cannot grow
+/// the map past this).
+pub const MAX_PEER_RECORDS: usize = 4096;
+/// Most banned addresses remembered per download.
+pub const MAX_BANNED: usize = 4096;
 
 /// One peer's contribution to a download.
 #[derive(Debug, Clone, Default)]
@@ -229,6 +238,7 @@ impl DownloadShared {
             banned: Mutex::new(std::collections::HashSet::new()),
             partials: Mutex::new(Vec::new()),
             restored: AtomicU64::new(0),
+            records_dropped: AtomicU64::new(0),
         }
     }
 
