@@ -87,7 +87,12 @@ impl Sha1x16 {
         // SAFETY: `new` returned Some only if the CPU has AVX-512F and AVX-512BW; the asserts
         // above keep every load (lane i, bytes [i*stride, i*stride + len)) inside `data`.
         unsafe {
-            compress(&mut self.state, data.as_ptr(), stride, len / 64);
+            let base = data.as_ptr();
+            compress(
+                &mut self.state,
+                &std::array::from_fn(|i| base.add(i * stride)),
+                len / 64,
+            );
         }
         self.len += len as u64;
     }
@@ -103,7 +108,12 @@ impl Sha1x16 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `update`; `pad` holds sixteen 64-byte lanes at stride 64.
         unsafe {
-            compress(&mut self.state, pad.as_ptr(), 64, 1);
+            let base = pad.as_ptr();
+            compress(
+                &mut self.state,
+                &std::array::from_fn(|i| base.add(i * 64)),
+                1,
+            );
         }
         let mut out = [[0u8; 20]; LANES];
         for (lane, digest) in out.iter_mut().enumerate() {
@@ -115,14 +125,142 @@ impl Sha1x16 {
     }
 }
 
-/// Runs `nblocks` 64-byte blocks of each lane (lane `i` at `base + i * stride`) through SHA-1.
+/// The running SHA-1 of one message fed in whole 64-byte blocks: its chaining value and length.
+/// Unlike `sha1::Sha1` its state is open, so that sixteen of them can advance together
+/// ([`compress_lanes`]) and each can go on alone ([`Sha1State::update`]) in between: how a
+/// download hashes the pieces it receives, sixteen blocks of sixteen pieces at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sha1State {
+    h: [u32; 5],
+    /// Bytes hashed so far (a multiple of 64).
+    len: u64,
+}
+
+impl Default for Sha1State {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sha1State {
+    /// The state of an empty message.
+    pub const fn new() -> Self {
+        Sha1State { h: H0, len: 0 }
+    }
+
+    /// Bytes hashed so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was hashed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Hashes `data`, a whole number of 64-byte blocks, with the `sha1` crate's compression
+    /// function (SHA-NI where the CPU has it).
+    ///
+    /// Panics if `data.len()` is not a multiple of 64.
+    pub fn update(&mut self, data: &[u8]) {
+        let (blocks, rest) = data.as_chunks::<64>();
+        assert!(rest.is_empty(), "whole 64-byte blocks only");
+        compress_one(&mut self.h, blocks);
+        self.len += data.len() as u64;
+    }
+
+    /// Hashes `last` (any length) and the padding; returns the digest.
+    pub fn finish(mut self, last: &[u8]) -> [u8; 20] {
+        let (blocks, rest) = last.as_chunks::<64>();
+        compress_one(&mut self.h, blocks);
+        let total = self.len + last.len() as u64;
+        let mut pad = [0u8; 128];
+        pad[..rest.len()].copy_from_slice(rest);
+        pad[rest.len()] = 0x80;
+        // One block if the length fits after the 0x80 byte, else two.
+        let n = if rest.len() < 56 { 64 } else { 128 };
+        pad[n - 8..n].copy_from_slice(&total.wrapping_mul(8).to_be_bytes());
+        let (pblocks, _) = pad[..n].as_chunks::<64>();
+        compress_one(&mut self.h, pblocks);
+        let mut out = [0u8; 20];
+        for (o, w) in out.chunks_exact_mut(4).zip(self.h.iter()) {
+            o.copy_from_slice(&w.to_be_bytes());
+        }
+        out
+    }
+}
+
+/// The `sha1` crate's compression function (SHA-NI where the CPU has it) over whole blocks.
+fn compress_one(h: &mut [u32; 5], blocks: &[[u8; 64]]) {
+    use sha1::digest::generic_array::{typenum::U64, GenericArray};
+    // SAFETY: `GenericArray<u8, U64>` is `#[repr(transparent)]` over `[u8; 64]` (generic-array
+    // 0.14), so a slice of one is a slice of the other with the same length and alignment.
+    let blocks: &[GenericArray<u8, U64>] =
+        unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast(), blocks.len()) };
+    sha1::compress(h, blocks);
+}
+
+/// Advances sixteen independent [`Sha1State`]s together, lane `i` over `data[i]`. Every slice
+/// has the same length, a multiple of 64. A lane with nothing to hash can be given any slice of
+/// that length and a state that is then thrown away.
+///
+/// On a CPU without AVX-512 ([`available`] is false) the lanes are hashed one after another
+/// with [`Sha1State::update`]: the same result, at single-stream speed.
+///
+/// Panics if the lengths differ or are not a multiple of 64.
+pub fn compress_lanes(states: &mut [Sha1State; LANES], data: &[&[u8]; LANES]) {
+    let len = data[0].len();
+    assert!(len.is_multiple_of(64), "whole 64-byte blocks only");
+    assert!(
+        data.iter().all(|d| d.len() == len),
+        "sixteen lanes of the same length"
+    );
+    if len == 0 {
+        return;
+    }
+    if !available() {
+        compress_lanes_portable(states, data);
+        return;
+    }
+    let mut st = [[0u32; LANES]; 5];
+    for (lane, s) in states.iter().enumerate() {
+        for (j, w) in s.h.iter().enumerate() {
+            st[j][lane] = *w;
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `available()` was asserted (AVX-512F and AVX-512BW); every lane's pointer starts
+    // a slice of `len` bytes, so the `len / 64` blocks read from it are inside that slice.
+    unsafe {
+        compress(
+            &mut st,
+            &std::array::from_fn(|i| data[i].as_ptr()),
+            len / 64,
+        );
+    }
+    for (lane, s) in states.iter_mut().enumerate() {
+        for (j, w) in s.h.iter_mut().enumerate() {
+            *w = st[j][lane];
+        }
+        s.len += len as u64;
+    }
+}
+
+/// [`compress_lanes`] without AVX-512: one lane after another.
+fn compress_lanes_portable(states: &mut [Sha1State; LANES], data: &[&[u8]; LANES]) {
+    for (s, d) in states.iter_mut().zip(data.iter()) {
+        s.update(d);
+    }
+}
+
+/// Runs `nblocks` 64-byte blocks of each lane (lane `i` at `lanes[i]`) through SHA-1.
 ///
 /// # Safety
-/// The CPU must have AVX-512F and AVX-512BW, and `base + i * stride + nblocks * 64` must stay
+/// The CPU must have AVX-512F and AVX-512BW, and `lanes[i] .. lanes[i] + nblocks * 64` must be
 /// inside one readable allocation for every lane `i < 16`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn compress(state: &mut [[u32; LANES]; 5], base: *const u8, stride: usize, nblocks: usize) {
+unsafe fn compress(state: &mut [[u32; LANES]; 5], lanes: &[*const u8; LANES], nblocks: usize) {
     // Big-endian words: reverse the bytes of each 32-bit word.
     let bswap = _mm512_set_epi8(
         60, 61, 62, 63, 56, 57, 58, 59, 52, 53, 54, 55, 48, 49, 50, 51, 44, 45, 46, 47, 40, 41, 42,
@@ -139,11 +277,11 @@ unsafe fn compress(state: &mut [[u32; LANES]; 5], base: *const u8, stride: usize
     }
     for blk in 0..nblocks {
         // SAFETY (whole loop body): the caller guarantees lane i's blocks lie in bounds.
-        let p = base.add(blk * 64);
+        let off = blk * 64;
         // Rows: the 16 words of one lane each; then transpose to words across lanes.
         let mut r = [_mm512_setzero_si512(); 16];
-        for (lane, row) in r.iter_mut().enumerate() {
-            *row = _mm512_shuffle_epi8(_mm512_loadu_si512(p.add(lane * stride).cast()), bswap);
+        for (row, p) in r.iter_mut().zip(lanes.iter()) {
+            *row = _mm512_shuffle_epi8(_mm512_loadu_si512(p.add(off).cast()), bswap);
         }
         let mut a = [_mm512_setzero_si512(); 16];
         for k in 0..8 {
@@ -287,5 +425,83 @@ mod tests {
             Some(mut h) => h.update(&[0u8; 64 * 15], 64, 64),
             None => panic!("sixteen lanes (no AVX-512 here: same message)"),
         }
+    }
+
+    #[test]
+    fn open_states_match_sha1_crate_alone_and_in_lanes() {
+        // Alone: whole blocks then a tail of every length class around the padding edge.
+        for &(blocks, tail) in &[
+            (0usize, 0usize),
+            (0, 3),
+            (1, 55),
+            (1, 56),
+            (2, 63),
+            (256, 0),
+            (3, 64),
+        ] {
+            let buf = data(blocks * 64 + tail, (blocks * 7 + tail) as u64);
+            let mut st = Sha1State::new();
+            st.update(&buf[..blocks * 64]);
+            let got = st.finish(&buf[blocks * 64..]);
+            let want: [u8; 20] = Sha1::digest(&buf).into();
+            assert_eq!(got, want, "{blocks} blocks + {tail}");
+        }
+        // Sixteen messages of different lengths (with AVX-512 in one pass, else the portable
+        // path): lanes advance together by 16 KiB blocks, some lanes idle with a dummy, each
+        // finishing alone with its own tail.
+        let msgs: Vec<Vec<u8>> = (0..LANES)
+            .map(|i| data(16_384 * (1 + i % 4) + i * 5, i as u64 + 1))
+            .collect();
+        let mut states = [Sha1State::new(); LANES];
+        let dummy = vec![0u8; 16_384];
+        for step in 0..4 {
+            let lanes: [&[u8]; LANES] = std::array::from_fn(|i| {
+                let m = &msgs[i];
+                if (step + 1) * 16_384 <= m.len() - m.len() % 16_384 && step < 1 + i % 4 {
+                    &m[step * 16_384..(step + 1) * 16_384]
+                } else {
+                    &dummy[..]
+                }
+            });
+            let mut next = states;
+            compress_lanes(&mut next, &lanes);
+            for i in 0..LANES {
+                if step < 1 + i % 4 {
+                    states[i] = next[i];
+                }
+            }
+        }
+        for (i, st) in states.iter().enumerate() {
+            let m = &msgs[i];
+            let done = st.len() as usize;
+            let got = st.finish(&m[done..]);
+            let want: [u8; 20] = Sha1::digest(m).into();
+            assert_eq!(got, want, "lane {i}");
+        }
+    }
+
+    /// The portable path (the one a CPU without AVX-512 takes) agrees with the dispatching one.
+    #[test]
+    fn portable_lanes_agree() {
+        let bufs: Vec<Vec<u8>> = (0..LANES).map(|i| data(4096, i as u64 + 99)).collect();
+        let lanes: [&[u8]; LANES] = std::array::from_fn(|i| &bufs[i][..]);
+        let mut a = [Sha1State::new(); LANES];
+        let mut b = a;
+        compress_lanes(&mut a, &lanes);
+        compress_lanes_portable(&mut b, &lanes);
+        assert_eq!(a, b);
+        for (i, st) in a.iter().enumerate() {
+            let want: [u8; 20] = Sha1::digest(&bufs[i]).into();
+            assert_eq!(st.finish(&[]), want, "lane {i}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "same length")]
+    fn lanes_of_different_lengths_are_refused() {
+        let a = [0u8; 128];
+        let mut lanes: [&[u8]; LANES] = [&a[..64]; LANES];
+        lanes[3] = &a[..128];
+        compress_lanes(&mut [Sha1State::new(); LANES], &lanes);
     }
 }

@@ -26,6 +26,16 @@
 //!    [`BlockOutcome::Accepted`] lists the other requesters to CANCEL. The condition is global:
 //!    a piece nobody has keeps us out of endgame (its blocks are neither requested nor received).
 //!
+//! # Striped picks
+//! With [`PickerConfig::stripe`] `W > 1`, steps 1 and 2 are one step: when none of the peer's
+//! own pieces has a free block, it is given a *stripe* of up to `W` new pieces at once (random
+//! or rarest as in step 2, while `max_partial` allows), and each block handed out is the
+//! lowest-index free block among its own pieces (ties: the piece started first). So a peer that serves requests in
+//! order delivers block 0 of `W` pieces, then block 1 of each, and so on. Orphans (1b) are
+//! adopted first and their blocks handed out in order; steps 3 and 4 are unchanged. A peer has
+//! at most `W` pieces of its own with free blocks (and any number whose blocks are all
+//! requested), so `max_partial` should be about `W` times the peers.
+//!
 //! # Invariants
 //! - Every piece is in exactly one of three places: *have* (hash passed), *partial* (at least
 //!   one block requested or received, in `partials`), or *ordered* (we lack it, nothing
@@ -143,6 +153,12 @@ pub struct PickerConfig {
     /// When this many pieces or more are in progress, free blocks of partial pieces are
     /// handed out before a new piece is started.
     pub max_partial: u32,
+    /// Pieces a peer is given at once, their blocks interleaved (1: one piece after another).
+    /// With 16, block `k` of sixteen pieces is requested before block `k + 1` of any of them,
+    /// so the blocks arrive in an order in which sixteen pieces can be hashed together (the
+    /// sixteen-lane SHA-1) without holding more than a few blocks. See "Striped picks" in the
+    /// module docs.
+    pub stripe: u32,
 }
 
 impl PickerConfig {
@@ -156,6 +172,7 @@ impl PickerConfig {
             random_first: DEFAULT_RANDOM_FIRST,
             endgame_dups: DEFAULT_ENDGAME_DUPS,
             max_partial: DEFAULT_MAX_PARTIAL,
+            stripe: 1,
         }
     }
 }
@@ -319,6 +336,8 @@ pub struct Picker {
     rng: Rng,
     /// Reused by picks: (received blocks, unowned, slot) of candidate partial pieces.
     scratch: Vec<(u32, bool, u32)>,
+    /// Reused by striped picks: the peer's pieces with free blocks (slots).
+    stripe_scratch: Vec<u32>,
 }
 
 impl Picker {
@@ -380,6 +399,7 @@ impl Picker {
             missing_bytes: 0,
             rng,
             scratch: Vec::new(),
+            stripe_scratch: Vec::new(),
         };
         picker.have_count = n - picker.ordered.len() as u32;
         picker.missing_bytes = picker
@@ -770,19 +790,27 @@ impl Picker {
             return 0;
         }
         let seed = has.is_seed();
-        // 1. Our own partial pieces.
-        for slot in 0..self.partials.len() {
-            if left == 0 {
-                break;
-            }
-            let p = &self.partials[slot];
-            if p.owner == Some(peer) && p.free > 0 && (seed || has.has(p.piece)) {
-                self.take_free(slot, peer, &mut left, out);
-            }
-        }
-        // 1b. Orphaned partial pieces (their owner left, or restored): adopt them.
-        if left > 0 {
+        if self.cfg.stripe > 1 {
+            // 1b first, then 1 and 2 together, interleaved (see "Striped picks").
             self.pick_partials(peer, has, true, &mut left, out);
+            if left > 0 {
+                self.pick_striped(peer, has, &mut left, out);
+            }
+        } else {
+            // 1. Our own partial pieces.
+            for slot in 0..self.partials.len() {
+                if left == 0 {
+                    break;
+                }
+                let p = &self.partials[slot];
+                if p.owner == Some(peer) && p.free > 0 && (seed || has.has(p.piece)) {
+                    self.take_free(slot, peer, &mut left, out);
+                }
+            }
+            // 1b. Orphaned partial pieces (their owner left, or restored): adopt them.
+            if left > 0 {
+                self.pick_partials(peer, has, true, &mut left, out);
+            }
         }
         // 2. New pieces, with 3. (others' partial pieces) first when over max_partial.
         let random = self.have_count < self.cfg.random_first;
@@ -813,6 +841,83 @@ impl Picker {
             self.pick_endgame(peer, has, &mut left, out);
         }
         out.len() - start
+    }
+
+    /// Steps 1 and 2 with a stripe: up to `stripe` pieces of the peer's own with free blocks,
+    /// the lowest-index free block among them each time.
+    fn pick_striped(
+        &mut self,
+        peer: PeerKey,
+        has: &impl PeerHas,
+        left: &mut usize,
+        out: &mut Vec<BlockRef>,
+    ) {
+        let seed = has.is_seed();
+        let width = self.cfg.stripe as usize;
+        let mut act = std::mem::take(&mut self.stripe_scratch);
+        act.clear();
+        act.extend(
+            self.partials
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.owner == Some(peer) && p.free > 0 && (seed || has.has(p.piece)))
+                .map(|(slot, _)| slot as u32),
+        );
+        let random = self.have_count < self.cfg.random_first;
+        let mut scan = 0usize;
+        let mut no_new = false;
+        let mut opened = false;
+        while *left > 0 {
+            act.retain(|&s| self.partials[s as usize].free > 0);
+            // One more piece while the stripe is in its first round (no piece of it past its
+            // first block): pieces of a stripe start together and advance together.
+            if act.len() < width
+                && !no_new
+                && self.partials.len() < self.cfg.max_partial as usize
+                && act
+                    .iter()
+                    .all(|&s| self.partials[s as usize].next_free <= 1)
+            {
+                let found = if random {
+                    self.random_piece(has)
+                } else {
+                    self.rarest_piece(has, &mut scan)
+                };
+                match found {
+                    Some(i) => {
+                        let piece = self.ordered[i];
+                        self.remove_ordered(i);
+                        act.push(self.new_partial(piece, Some(peer)) as u32);
+                        opened = true;
+                    }
+                    None => no_new = true,
+                }
+            }
+            // The first of the lowest next free block (`act` is in start order).
+            let Some(&slot) = act
+                .iter()
+                .min_by_key(|&&s| self.partials[s as usize].next_free)
+            else {
+                break;
+            };
+            let before = *left;
+            let mut one = 1usize;
+            self.take_free(slot as usize, peer, &mut one, out);
+            *left -= 1 - one;
+            if *left == before {
+                // Nothing free after all (cannot happen: free > 0): never loop on it.
+                act.retain(|&s| s != slot);
+            }
+        }
+        if opened {
+            // A piece opened and given nothing (another had a lower free block) goes back:
+            // highest slot first, so that each removal moves only slots already looked at.
+            act.sort_unstable_by(|a, b| b.cmp(a));
+            for &s in &act {
+                self.release_if_empty(s as usize);
+            }
+        }
+        self.stripe_scratch = act;
     }
 
     /// Index in `ordered` of a random piece the peer has.
@@ -1814,6 +1919,85 @@ mod tests {
     }
 }
 
+#[cfg(test)]
+mod striped {
+    use super::*;
+
+    struct Seed;
+    impl PeerHas for Seed {
+        fn has(&self, _piece: u32) -> bool {
+            true
+        }
+        fn is_seed(&self) -> bool {
+            true
+        }
+    }
+
+    fn picker(stripe: u32, max_partial: u32) -> Picker {
+        // 8 pieces of 4 blocks of 16 KiB.
+        let mut cfg = PickerConfig::new(8, 4 * BLOCK_SIZE, 4 * BLOCK_SIZE);
+        cfg.random_first = 0;
+        cfg.stripe = stripe;
+        cfg.max_partial = max_partial;
+        let mut p = Picker::new(cfg, &[], 7).expect("config");
+        p.inc_seed();
+        p
+    }
+
+    /// Block k of every piece of the stripe comes before block k + 1 of any, in small picks
+    /// and large ones alike, and a finished stripe is followed by the next one.
+    #[test]
+    fn blocks_interleave_across_the_stripe() {
+        for chunk in [1usize, 3, 16, 32] {
+            let mut p = picker(4, 64);
+            let mut out = Vec::new();
+            while out.len() < 32 {
+                let want = chunk.min(32 - out.len());
+                assert_eq!(p.pick(1, &Seed, want, &mut out), want, "chunk {chunk}");
+            }
+            for (stripe, run) in out.chunks(16).enumerate() {
+                let mut pieces: Vec<u32> = run[..4].iter().map(|b| b.piece).collect();
+                pieces.sort_unstable();
+                pieces.dedup();
+                assert_eq!(
+                    pieces.len(),
+                    4,
+                    "stripe {stripe}: four pieces, chunk {chunk}"
+                );
+                for (i, b) in run.iter().enumerate() {
+                    assert_eq!(
+                        b.begin,
+                        (i / 4) as u32 * BLOCK_SIZE,
+                        "chunk {chunk}: {run:?}"
+                    );
+                    assert_eq!(b.piece, run[i % 4].piece, "chunk {chunk}: {run:?}");
+                }
+            }
+            assert_eq!(p.partial_count(), 8);
+        }
+    }
+
+    /// Two peers get stripes of their own; max_partial still bounds new pieces softly.
+    #[test]
+    fn each_peer_has_its_own_stripe() {
+        let mut p = picker(4, 64);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        p.pick(1, &Seed, 4, &mut a);
+        p.pick(2, &Seed, 4, &mut b);
+        let pa: Vec<u32> = a.iter().map(|x| x.piece).collect();
+        assert!(b.iter().all(|x| !pa.contains(&x.piece)), "{a:?} {b:?}");
+        assert!(a.iter().chain(&b).all(|x| x.begin == 0));
+        // max_partial 2: the stripe is cut to two pieces, and a peer still gets every block.
+        let mut p = picker(4, 2);
+        let mut out = Vec::new();
+        assert_eq!(p.pick(1, &Seed, 32, &mut out), 32);
+        assert_eq!(
+            &out[..2].iter().map(|x| x.begin).collect::<Vec<_>>(),
+            &[0, 0]
+        );
+    }
+}
+
 /// The picker against a naive model: plain vectors, O(n) scans, no ordering structures. The
 /// model does not choose blocks; it checks each choice of the picker against the rules and
 /// tracks the state the picker should have.
@@ -1903,8 +2087,11 @@ mod model {
     }
 
     fn config() -> impl Strategy<Value = PickerConfig> {
-        (0..=12u32, 1..=4u32, 1..=12u32, 0..=3u32, 0..=3u32, 0..=5u32).prop_flat_map(
-            |(n, bs, plen, rf, dups, maxp)| {
+        (
+            (0..=12u32, 1..=4u32, 1..=12u32),
+            (0..=3u32, 0..=3u32, 0..=5u32, 1..=4u32),
+        )
+            .prop_flat_map(|((n, bs, plen), (rf, dups, maxp, stripe))| {
                 (1..=plen).prop_map(move |last| PickerConfig {
                     num_pieces: n,
                     piece_length: plen,
@@ -1913,9 +2100,9 @@ mod model {
                     random_first: rf,
                     endgame_dups: dups,
                     max_partial: maxp,
+                    stripe,
                 })
-            },
-        )
+            })
     }
 
     #[derive(Debug, Clone, Default)]

@@ -33,11 +33,12 @@ use std::sync::atomic::Ordering::{self, Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sha1::{Digest, Sha1};
 use uring_bt_proto::peer::{Peer, PeerEvent, MAX_OUR_REQUESTS};
 use uring_bt_proto::picker::{BlockOutcome, PeerHas, Picker, PickerConfig};
 use uring_bt_proto::session::CloseReason;
 use uring_bt_proto::wire::{BlockRef, BLOCK_SIZE};
+use uring_bt_storage::pool::PoolBuf;
+use uring_bt_storage::sha1x16::{self, Sha1State, LANES};
 use uring_bt_storage::store::{BlockStore, TorrentId};
 
 use crate::server::registry::{PeerRecord, Torrent};
@@ -60,6 +61,9 @@ pub struct DownloadConfig {
     /// Hash-check points after which a peer is banned: a failed piece it sent alone counts 2,
     /// one it shared with others 1.
     pub ban_points: u32,
+    /// Stripe the picks over sixteen pieces and hash their blocks sixteen at once (the
+    /// sixteen-lane SHA-1; `--hash-lanes`).
+    pub hash_lanes: bool,
 }
 
 impl Default for DownloadConfig {
@@ -71,6 +75,7 @@ impl Default for DownloadConfig {
             pipeline_secs: 1,
             max_rate: None,
             ban_points: 4,
+            hash_lanes: false,
         }
     }
 }
@@ -109,10 +114,15 @@ pub enum Counted {
 
 /// One piece being received.
 struct PieceState {
-    sha: Sha1,
+    sha: Sha1State,
     /// Bytes hashed from the start of the piece (blocks that arrived in order).
     hashed: u32,
-    /// Writes started and not completed.
+    /// End of the blocks that arrived in order: hashed, or staged to be hashed
+    /// (`hashed <= staged_to`).
+    staged_to: u32,
+    /// The digest, once the last block was hashed in order.
+    digest: Option<[u8; 20]>,
+    /// Writes started and not completed, and blocks staged (their write starts once hashed).
     writes: u32,
     /// Every block received.
     done: bool,
@@ -127,8 +137,10 @@ struct PieceState {
 impl PieceState {
     fn new() -> Self {
         PieceState {
-            sha: Sha1::new(),
+            sha: Sha1State::new(),
             hashed: 0,
+            staged_to: 0,
+            digest: None,
             writes: 0,
             done: false,
             finishing: false,
@@ -136,7 +148,33 @@ impl PieceState {
             contributors: Vec::new(),
         }
     }
+
+    /// Hashes `data`, the block at `self.hashed` of a piece of `plen` bytes.
+    fn hash_next(&mut self, data: &[u8], plen: u32) {
+        let end = self.hashed + data.len() as u32;
+        if end == plen {
+            self.digest = Some(self.sha.finish(data));
+        } else {
+            // Every block but a piece's last is BLOCK_SIZE long, a multiple of 64.
+            self.sha.update(data);
+        }
+        self.hashed = end;
+    }
 }
+
+/// A block received in order, in its pool buffer, waiting to be hashed together with blocks of
+/// fifteen other pieces (the sixteen-lane SHA-1); its write starts once it is hashed.
+struct Staged {
+    piece: u32,
+    begin: u32,
+    buf: PoolBuf,
+    at: Instant,
+}
+
+/// Most blocks staged per download (also at most a quarter of the shard's pool).
+pub const MAX_STAGED: usize = 64;
+/// A staged block waits at most about this long for fifteen others.
+const STAGE_WAIT: Duration = Duration::from_millis(2);
 
 /// One torrent's download on its home shard.
 pub struct Download {
@@ -150,15 +188,40 @@ pub struct Download {
     /// The download stopped (complete, or a fatal storage error).
     stopped: bool,
     scratch: Vec<BlockRef>,
+    /// Blocks waiting for the sixteen-lane hash (empty without AVX-512: blocks are hashed one
+    /// by one as they arrive), oldest first; a piece's staged blocks are in block order.
+    stage: Vec<Staged>,
+    /// The CPU hashes sixteen lanes at once, and the picker stripes sixteen pieces.
+    lanes: bool,
+    /// A flush of the stage is scheduled.
+    flush_armed: bool,
+    /// Blocks hashed sixteen at once, blocks hashed one by one as they arrived (or after
+    /// waiting in the stage), and bytes read back to hash (out of order): the `hashing` line
+    /// at completion (debug level).
+    pub hashed_lanes: u64,
+    pub hashed_single: u64,
+    pub read_back: u64,
 }
 
 impl Download {
     /// A download of `torrent` (stored as `tid` in this shard's ring), from what it has.
-    pub fn new(torrent: Arc<Torrent>, tid: TorrentId, seed: u64) -> Result<Self, String> {
+    /// With `lanes`, picks are striped over sixteen pieces and their blocks hashed sixteen at
+    /// once ([`DownloadConfig::hash_lanes`]).
+    pub fn new(
+        torrent: Arc<Torrent>,
+        tid: TorrentId,
+        seed: u64,
+        lanes: bool,
+    ) -> Result<Self, String> {
         let layout = &torrent.layout;
         let n = layout.num_pieces();
         let last = if n == 0 { 1 } else { layout.piece_size(n - 1) };
-        let cfg = PickerConfig::new(n, layout.piece_length(), last);
+        let mut cfg = PickerConfig::new(n, layout.piece_length(), last);
+        if lanes {
+            // Blocks of sixteen pieces interleaved: hashed sixteen at a time as they arrive.
+            cfg.stripe = LANES as u32;
+            cfg.max_partial = cfg.max_partial.max(8 * LANES as u32);
+        }
         let mut picker =
             Picker::new(cfg, &torrent.have.to_bytes(), seed).map_err(|e| e.to_string())?;
         // Pieces in progress at the last stop: their written blocks are not fetched again (a
@@ -190,6 +253,12 @@ impl Download {
             refilled: Instant::now(),
             stopped: false,
             scratch: Vec::with_capacity(MAX_OUR_REQUESTS),
+            stage: Vec::new(),
+            lanes,
+            flush_armed: false,
+            hashed_lanes: 0,
+            hashed_single: 0,
+            read_back: 0,
         })
     }
 
@@ -204,6 +273,132 @@ impl Download {
         self.refilled = now;
         self.tokens = (self.tokens + dt * rate).min(rate.max(f64::from(BLOCK_SIZE)));
         (self.tokens / f64::from(BLOCK_SIZE)) as usize
+    }
+}
+
+impl Download {
+    /// Block `b` (in `buf`) arrived in order: hash it now, or stage it for the sixteen-lane
+    /// hash. Returns the blocks whose write can start (hashed, or not to be hashed in order).
+    fn hash_or_stage(
+        &mut self,
+        b: BlockRef,
+        buf: PoolBuf,
+        in_order: bool,
+        pool_capacity: usize,
+        out: &mut Vec<(u32, u32, PoolBuf)>,
+    ) {
+        if !in_order {
+            out.push((b.piece, b.begin, buf));
+            return;
+        }
+        let plen = self.picker.piece_len(b.piece);
+        if self.lanes && b.len == BLOCK_SIZE {
+            self.stage.push(Staged {
+                piece: b.piece,
+                begin: b.begin,
+                buf,
+                at: Instant::now(),
+            });
+            while self.hash_lanes(out) {}
+            if self.stage.len() > MAX_STAGED.min(pool_capacity / 4) {
+                self.flush_stage(None, out);
+            }
+            return;
+        }
+        // A short block (a piece's last) or no lanes: this piece's staged blocks first.
+        self.flush_stage(Some(b.piece), out);
+        if let Some(ps) = self.pieces.get_mut(&b.piece) {
+            if ps.hashed == b.begin {
+                ps.hash_next(buf.block(), plen);
+                self.hashed_single += 1;
+            }
+        }
+        out.push((b.piece, b.begin, buf));
+    }
+
+    /// If sixteen pieces have a block staged, hashes the first of each in one pass of the
+    /// sixteen-lane SHA-1 and moves them to `out`; returns whether it did.
+    fn hash_lanes(&mut self, out: &mut Vec<(u32, u32, PoolBuf)>) -> bool {
+        let mut pick = [0usize; LANES];
+        let mut n = 0;
+        for (i, st) in self.stage.iter().enumerate() {
+            if n == LANES {
+                break;
+            }
+            if !pick[..n].iter().any(|&j| self.stage[j].piece == st.piece) {
+                pick[n] = i;
+                n += 1;
+            }
+        }
+        if n < LANES {
+            return false;
+        }
+        let mut states = [Sha1State::new(); LANES];
+        for (st, &i) in states.iter_mut().zip(pick.iter()) {
+            let Some(ps) = self.pieces.get(&self.stage[i].piece) else {
+                return false;
+            };
+            if ps.hashed != self.stage[i].begin {
+                // Cannot happen (a piece's blocks are staged in order from `hashed`); hash
+                // nothing rather than out of order.
+                return false;
+            }
+            *st = ps.sha;
+        }
+        {
+            let data: [&[u8]; LANES] = std::array::from_fn(|k| self.stage[pick[k]].buf.block());
+            sha1x16::compress_lanes(&mut states, &data);
+        }
+        self.hashed_lanes += LANES as u64;
+        for (st, &i) in states.iter().zip(pick.iter()) {
+            let piece = self.stage[i].piece;
+            if let Some(ps) = self.pieces.get_mut(&piece) {
+                ps.sha = *st;
+                ps.hashed += BLOCK_SIZE;
+            }
+        }
+        // Out of the stage, in stage order (pick is ascending).
+        for &i in pick.iter().rev() {
+            let st = self.stage.remove(i);
+            out.push((st.piece, st.begin, st.buf));
+        }
+        true
+    }
+
+    /// Hashes one by one the staged blocks of `piece` (all pieces: `None`) and moves them to
+    /// `out`.
+    fn flush_stage(&mut self, piece: Option<u32>, out: &mut Vec<(u32, u32, PoolBuf)>) {
+        let mut i = 0;
+        while i < self.stage.len() {
+            if piece.is_some_and(|p| p != self.stage[i].piece) {
+                i += 1;
+                continue;
+            }
+            let st = self.stage.remove(i);
+            let plen = self.picker.piece_len(st.piece);
+            if let Some(ps) = self.pieces.get_mut(&st.piece) {
+                if ps.hashed == st.begin {
+                    ps.hash_next(st.buf.block(), plen);
+                    self.hashed_single += 1;
+                }
+            }
+            out.push((st.piece, st.begin, st.buf));
+        }
+    }
+
+    /// Hashes one by one the staged blocks that waited `STAGE_WAIT` or more (and every block
+    /// staged after them of the same pieces), into `out`. Returns whether some are left.
+    fn flush_stale(&mut self, now: Instant, out: &mut Vec<(u32, u32, PoolBuf)>) -> bool {
+        let stale: Vec<u32> = self
+            .stage
+            .iter()
+            .filter(|st| now.saturating_duration_since(st.at) >= STAGE_WAIT)
+            .map(|st| st.piece)
+            .collect();
+        for p in stale {
+            self.flush_stage(Some(p), out);
+        }
+        !self.stage.is_empty()
     }
 }
 
@@ -388,9 +583,14 @@ pub fn fill_all(shard: &Shard, t: usize) {
 }
 
 /// The PIECE for our request `b` arrived on connection `key` with `data`. Returns when the data
-/// is copied into a pool buffer and its write has started.
+/// is copied into a pool buffer (waiting for one is backpressure on the peer: its reader
+/// stops) and hashed or staged, and the writes that could start have started.
 pub async fn on_block(shard: &Rc<Shard>, key: usize, t: usize, b: BlockRef, data: &[u8]) {
     let len = u64::from(b.len);
+    let mut buf = match shard.pool.try_take() {
+        Some(buf) => buf,
+        None => shard.pool.take().await,
+    };
     let accepted = with_download(shard, t, |dl| {
         if let Some(d) = &dl.torrent.download {
             d.downloaded.fetch_add(len, Relaxed);
@@ -398,16 +598,16 @@ pub async fn on_block(shard: &Rc<Shard>, key: usize, t: usize, b: BlockRef, data
         match dl.picker.on_block(key as u32, b) {
             BlockOutcome::Accepted { cancel, piece_done } => {
                 let ps = dl.pieces.entry(b.piece).or_insert_with(PieceState::new);
-                if ps.hashed == b.begin {
-                    ps.sha.update(data);
-                    ps.hashed += b.len;
+                let in_order = ps.staged_to == b.begin;
+                if in_order {
+                    ps.staged_to += b.len;
                 }
                 ps.writes += 1;
                 ps.done |= piece_done;
                 if !ps.contributors.contains(&(key as u32)) {
                     ps.contributors.push(key as u32);
                 }
-                Some((dl.tid, cancel))
+                Some((dl.tid, cancel, in_order))
             }
             BlockOutcome::NotRequested | BlockOutcome::Duplicate => {
                 if let Some(d) = &dl.torrent.download {
@@ -418,8 +618,8 @@ pub async fn on_block(shard: &Rc<Shard>, key: usize, t: usize, b: BlockRef, data
         }
     })
     .flatten();
-    let Some((tid, cancel)) = accepted else {
-        return;
+    let Some((tid, cancel, in_order)) = accepted else {
+        return; // the buffer goes back to the pool
     };
     {
         let mut peers = shard.peers.borrow_mut();
@@ -434,17 +634,56 @@ pub async fn on_block(shard: &Rc<Shard>, key: usize, t: usize, b: BlockRef, data
             }
         }
     }
-    let mut buf = match shard.pool.try_take() {
-        Some(buf) => buf,
-        None => shard.pool.take().await,
-    };
     buf.fill_block(data);
-    let shard2 = shard.clone();
-    crate::server::shard::spawn_task(shard, async move {
-        let (res, buf) = shard2.store.write_block(tid, b.piece, b.begin, buf).await;
-        drop(buf); // back to the pool
-        after_write(&shard2, t, b.piece, res.err());
-    });
+    let mut ready = Vec::new();
+    let cap = shard.pool.capacity();
+    let arm = with_download(shard, t, |dl| {
+        dl.hash_or_stage(b, buf, in_order, cap, &mut ready);
+        let arm = !dl.stage.is_empty() && !dl.flush_armed;
+        dl.flush_armed |= arm;
+        arm
+    })
+    .unwrap_or(false);
+    start_writes(shard, t, tid, ready);
+    if arm {
+        let shard2 = shard.clone();
+        crate::server::shard::spawn_task(shard, async move {
+            flush_later(&shard2, t).await;
+        });
+    }
+}
+
+/// Hashes the staged blocks of torrent `t` that waited too long (too few pieces arrive at once
+/// to fill sixteen lanes: one slow peer, the last pieces), until the stage is empty.
+async fn flush_later(shard: &Rc<Shard>, t: usize) {
+    loop {
+        tokio::time::sleep(STAGE_WAIT).await;
+        let mut ready = Vec::new();
+        let Some((tid, left)) = with_download(shard, t, |dl| {
+            let left = dl.flush_stale(Instant::now(), &mut ready);
+            dl.flush_armed = left;
+            (dl.tid, left)
+        }) else {
+            return;
+        };
+        start_writes(shard, t, tid, ready);
+        if !left {
+            return;
+        }
+    }
+}
+
+/// Starts the write of each block in `ready` through the shard's storage ring; its buffer goes
+/// back to the pool when the write completes.
+fn start_writes(shard: &Rc<Shard>, t: usize, tid: TorrentId, ready: Vec<(u32, u32, PoolBuf)>) {
+    for (piece, begin, buf) in ready {
+        let shard2 = shard.clone();
+        crate::server::shard::spawn_task(shard, async move {
+            let (res, buf) = shard2.store.write_block(tid, piece, begin, buf).await;
+            drop(buf); // back to the pool
+            after_write(&shard2, t, piece, res.err());
+        });
+    }
 }
 
 /// A write of piece `piece` completed (`err`: it failed).
@@ -488,25 +727,27 @@ fn after_write(
 /// Every block of `piece` is received and written: hash what was not hashed in order (read
 /// back through the ring, from the page cache), then pass or fail the piece.
 async fn finish_piece(shard: &Rc<Shard>, t: usize, piece: u32) {
-    let Some((tid, hashed, len, write_failed)) = with_download(shard, t, |dl| {
+    let Some((tid, state, len, write_failed)) = with_download(shard, t, |dl| {
         let plen = dl.picker.piece_len(piece);
-        dl.pieces
-            .get(&piece)
-            .map(|ps| (dl.tid, ps.hashed, plen, ps.write_failed))
+        dl.pieces.get(&piece).map(|ps| {
+            (
+                dl.tid,
+                (ps.sha, ps.hashed, ps.digest),
+                plen,
+                ps.write_failed,
+            )
+        })
     })
     .flatten() else {
         return;
     };
-    let mut tail: Option<Sha1> = None;
+    let (mut sha, hashed, mut digest) = state;
     let mut read_failed = write_failed;
-    if !write_failed && hashed < len {
+    if !write_failed && digest.is_none() && hashed == len {
+        digest = Some(sha.finish(&[]));
+    }
+    if !write_failed && digest.is_none() {
         // Out of order: continue the hash from disk.
-        let Some(mut sha) = with_download(shard, t, |dl| {
-            dl.pieces.get(&piece).map(|ps| ps.sha.clone())
-        })
-        .flatten() else {
-            return;
-        };
         let mut at = hashed;
         while at < len {
             let n = (len - at).min(BLOCK_SIZE);
@@ -519,10 +760,14 @@ async fn finish_piece(shard: &Rc<Shard>, t: usize, piece: u32) {
                 read_failed = true;
                 break;
             }
-            sha.update(buf.block());
+            let _ = with_download(shard, t, |dl| dl.read_back += u64::from(n));
+            if at + n == len {
+                digest = Some(sha.finish(buf.block()));
+            } else {
+                sha.update(buf.block());
+            }
             at += n;
         }
-        tail = Some(sha);
     }
     let torrent = match shard.torrent(t) {
         Some(t) => t,
@@ -531,11 +776,8 @@ async fn finish_piece(shard: &Rc<Shard>, t: usize, piece: u32) {
     let Some(state) = with_download(shard, t, |dl| dl.pieces.remove(&piece)).flatten() else {
         return;
     };
-    let digest: [u8; 20] = match tail {
-        Some(sha) => sha.finalize().into(),
-        None => state.sha.finalize().into(),
-    };
-    let good = !read_failed && torrent.piece_hashes.get(piece as usize) == Some(&digest);
+    let good = !read_failed
+        && digest.is_some_and(|d| torrent.piece_hashes.get(piece as usize) == Some(&d));
     if good {
         piece_passed(shard, t, &torrent, piece, &state.contributors);
     } else {
@@ -656,6 +898,15 @@ fn on_complete(shard: &Shard, t: usize, torrent: &Torrent) {
     let Some(d) = &torrent.download else {
         return;
     };
+    let _ = with_download(shard, t, |dl| {
+        tracing::debug!(
+            torrent = %torrent.name,
+            "hashing: {} blocks sixteen at once, {} one by one, {} bytes read back",
+            dl.hashed_lanes,
+            dl.hashed_single,
+            dl.read_back
+        );
+    });
     if let Some(tid) = shard.tid(t) {
         // Open the files read-only again from their next use.
         shard.store.set_writable(tid, false);

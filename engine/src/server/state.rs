@@ -262,7 +262,12 @@ impl Shard {
                     ^ t.info_hash
                         .iter()
                         .fold(0u64, |a, &b| a.rotate_left(5) ^ u64::from(b));
-                match crate::server::download::Download::new(t.clone(), tid, seed) {
+                match crate::server::download::Download::new(
+                    t.clone(),
+                    tid,
+                    seed,
+                    self.cfg.download.hash_lanes,
+                ) {
                     Ok(d) => {
                         self.downloads.borrow_mut().insert(t.index, d);
                     }
