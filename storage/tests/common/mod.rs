@@ -81,3 +81,13 @@ pub fn all_blocks(layout: &Layout, block: u32) -> Vec<(u32, u32, u32)> {
 pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
 }
+
+/// Serialises the tests of one test binary that count this process's descriptors: the test
+/// harness runs tests on parallel threads, and a neighbour's rings and files would otherwise be
+/// counted as a leak (CI once saw 12 -> 21 from exactly that). Every test in such a binary holds
+/// the guard for its whole run.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that panicked while holding the lock has already failed; the others go on.
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
