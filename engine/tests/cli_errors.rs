@@ -347,16 +347,23 @@ fn non_canonical_info_keeps_the_raw_hash() {
 /// output. A seeder that starts serving instead of refusing is killed (by PID) after 60 s and
 /// the test fails, rather than hanging.
 fn seed(dir: &Path, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uring-bt"));
+    cmd.arg("seed")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--no-resume"]);
+    bounded(dir, cmd, args)
+}
+
+/// Runs `cmd` with stdout and stderr in files under `dir` (not terminals) and returns its
+/// output; one that has not exited after 60 s is killed (by PID) and the test fails.
+fn bounded(dir: &Path, mut cmd: Command, args: &[&str]) -> Output {
     let out = dir.join("seed.out");
     let err = dir.join("seed.err");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_uring-bt"))
-        .arg("seed")
-        .args(args)
-        .args(["--listen", "127.0.0.1:0", "--no-resume"])
+    let mut child = cmd
         .stdout(std::fs::File::create(&out).unwrap())
         .stderr(std::fs::File::create(&err).unwrap())
         .spawn()
-        .expect("run uring-bt seed");
+        .expect("run uring-bt");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -453,8 +460,21 @@ fn seed_usage_errors_exit_2_with_one_line() {
             "--upload-slots must be at least 1",
         ),
         (
+            &[t, "--data", data, "--max-open-files", "0"],
+            "--max-open-files must be between 4 and 32768 (the storage ring registers at most \
+             32768 files per shard)",
+        ),
+        (
+            &[t, "--data", data, "--max-open-files", "3"],
+            "--max-open-files must be between 4 and 32768",
+        ),
+        (
+            &[t, "--data", data, "--max-open-files", "32769"],
+            "--max-open-files must be between 4 and 32768",
+        ),
+        (
             &[t, "--data", data, "--max-open-files", "1000000000"],
-            "leaves no descriptors for peers",
+            "--max-open-files must be between 4 and 32768",
         ),
         (&[t], "--data DIR is required with .torrent files"),
         (&[t, "--data", file], "f.bin: not a directory"),
@@ -484,6 +504,265 @@ fn seed_usage_errors_exit_2_with_one_line() {
     }
     let o = seed(d, &[missing_path]);
     assert!(stderr(&o).contains("nope: No such file"), "{}", stderr(&o));
+}
+
+/// Lowers the child's RLIMIT_NOFILE (soft and hard) to `n` before it runs.
+fn with_nofile(cmd: &mut Command, n: u64) {
+    use std::os::unix::process::CommandExt;
+    let lim = libc::rlimit {
+        rlim_cur: n,
+        rlim_max: n,
+    };
+    // SAFETY: setrlimit is async-signal-safe and only reads `lim`, a copy owned by the closure.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn seed_max_open_files_that_leave_no_peers_exit_2() {
+    let dir = seed_fixture();
+    let d = dir.path();
+    let t = d.join("f.torrent");
+    let data = d.join("data");
+    let args = [
+        t.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--shards",
+        "2",
+        "--max-open-files",
+        "40",
+    ];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uring-bt"));
+    cmd.arg("seed")
+        .args(args)
+        .args(["--listen", "127.0.0.1:0", "--no-resume"]);
+    with_nofile(&mut cmd, 128);
+    let o = bounded(d, cmd, &args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(o.stdout.is_empty(), "{err}");
+    assert_eq!(
+        err,
+        "error: --max-open-files 40 x 2 shard(s) leaves no descriptors for peers under the \
+         open-file limit 128\n"
+    );
+}
+
+/// Installs a seccomp filter in the child (what systemd's `SystemCallFilter=` with
+/// `SystemCallErrorNumber=`, or a container's profile, installs): `io_uring_setup` fails with
+/// `errno`, unless its `entries` argument is `allow_entries`; every other call is allowed.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+fn deny_io_uring_setup(cmd: &mut Command, errno: i32, allow_entries: Option<u32>) {
+    use std::os::unix::process::CommandExt;
+    #[cfg(target_arch = "x86_64")]
+    const ARCH: u32 = 0xC000_003E; // AUDIT_ARCH_X86_64
+    #[cfg(target_arch = "aarch64")]
+    const ARCH: u32 = 0xC000_00B7; // AUDIT_ARCH_AARCH64
+    const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
+    const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    let op = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    // struct seccomp_data: nr at 0, arch at 4, args[0] at 16 (its low half on little-endian).
+    let prog: Vec<libc::sock_filter> = vec![
+        op(LD_W_ABS, 0, 0, 4),
+        op(JEQ_K, 0, 5, ARCH), // another ABI: allow
+        op(LD_W_ABS, 0, 0, 0),
+        op(JEQ_K, 0, 3, libc::SYS_io_uring_setup as u32), // another call: allow
+        op(LD_W_ABS, 0, 0, 16),
+        op(JEQ_K, 1, 0, allow_entries.unwrap_or(u32::MAX)), // that many entries: allow
+        op(RET_K, 0, 0, libc::SECCOMP_RET_ERRNO | errno as u32),
+        op(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+    ];
+    // SAFETY: between fork and exec the closure only makes two prctl calls (async-signal-safe)
+    // on `prog`, which the closure owns and which outlives them; no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            let fprog = libc::sock_fprog {
+                len: prog.len() as u16,
+                filter: prog.as_ptr() as *mut libc::sock_filter,
+            };
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                || libc::prctl(
+                    libc::PR_SET_SECCOMP,
+                    libc::SECCOMP_MODE_FILTER,
+                    &fprog as *const libc::sock_fprog,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// io_uring refused (kernel.io_uring_disabled, seccomp) or no locked memory for a ring: exit 1
+/// at once with one line naming the errno and what to check, before the data check; not a
+/// panic ("internal error (a bug)") followed by "did not start within 30 s".
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[test]
+fn io_uring_refused_is_one_clear_line_and_exit_1() {
+    let dir = seed_fixture();
+    let d = dir.path();
+    let t = d.join("f.torrent");
+    let t = t.to_str().unwrap();
+    let data = d.join("data");
+    let data = data.to_str().unwrap();
+    let out = d.join("out");
+    let out = out.to_str().unwrap();
+    let no_panic = |err: &str| {
+        assert!(
+            !err.contains("internal error") && !err.contains("panic"),
+            "{err}"
+        );
+        assert!(!err.contains("within 30 s"), "{err}");
+    };
+    let seed_args = [t, "--data", data, "--shards", "2"];
+    for (errno, name, hint) in [
+        (libc::EPERM, "EPERM", "kernel.io_uring_disabled"),
+        (libc::ENOMEM, "ENOMEM", "memory"),
+    ] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_uring-bt"));
+        cmd.arg("seed")
+            .args(seed_args)
+            .args(["--listen", "127.0.0.1:0", "--no-resume"]);
+        deny_io_uring_setup(&mut cmd, errno, None);
+        let t0 = std::time::Instant::now();
+        let o = bounded(d, cmd, &seed_args);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "{name}: at once"
+        );
+        assert!(o.stdout.is_empty(), "{name}: never listened: {err}");
+        // Before the data check: the only line.
+        assert_eq!(err.lines().count(), 1, "{name}: {err}");
+        assert!(
+            err.starts_with("error: cannot make an io_uring (") && err.contains(name),
+            "{name}: {err}"
+        );
+        assert!(err.contains(hint), "{name}: want `{hint}` in: {err}");
+        no_panic(&err);
+    }
+    // The probe passes (its tiny ring is allowed) but the shards' rings are refused: the shard's
+    // failure and its reason, at once.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uring-bt"));
+    cmd.arg("seed")
+        .args(seed_args)
+        .args(["--listen", "127.0.0.1:0", "--no-resume"]);
+    deny_io_uring_setup(&mut cmd, libc::EPERM, Some(2));
+    let o = bounded(d, cmd, &seed_args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(o.stdout.is_empty(), "never listened: {err}");
+    assert!(
+        err.lines().any(|l| l.starts_with("error: ")
+            && l.contains("shard 0")
+            && l.contains("cannot make an io_uring (")
+            && l.contains("EPERM")),
+        "{err}"
+    );
+    no_panic(&err);
+    // `download` asks too, before its shards start.
+    let dl_args = [
+        "download",
+        t,
+        "-o",
+        out,
+        "--peer",
+        "127.0.0.1:9",
+        "--no-announce",
+        "--listen",
+        "127.0.0.1:0",
+        "--no-resume",
+    ];
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_uring-bt"));
+    cmd.args(dl_args);
+    deny_io_uring_setup(&mut cmd, libc::EPERM, None);
+    let o = bounded(d, cmd, &dl_args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.starts_with("error: cannot make an io_uring (") && l.contains("EPERM")),
+        "{err}"
+    );
+    no_panic(&err);
+}
+
+/// Diagnostics (`tracing`) carry no ANSI colour codes when stderr is not a terminal (a file,
+/// the journal), and an empty or blank `RUST_LOG` keeps the default (warnings).
+#[test]
+fn diagnostics_off_a_terminal_have_no_colour_and_empty_rust_log_keeps_warnings() {
+    let dir = seed_fixture();
+    let d = dir.path();
+    let t = d.join("f.torrent");
+    let data = d.join("data");
+    // A tracker on a closed loopback port: the announce fails and logs a warning.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tracker = format!("http://127.0.0.1:{port}/announce");
+    for rust_log in [None, Some(""), Some("  ")] {
+        let err_path = d.join("log.err");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_uring-bt"));
+        cmd.arg("seed")
+            .arg(&t)
+            .arg("--data")
+            .arg(&data)
+            .args(["--shards", "1", "--listen", "127.0.0.1:0", "--no-resume"])
+            .args(["--tracker", &tracker, "--status-interval", "60"])
+            .env_remove("NO_COLOR")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&err_path).unwrap());
+        match rust_log {
+            Some(v) => cmd.env("RUST_LOG", v),
+            None => cmd.env_remove("RUST_LOG"),
+        };
+        let mut child = cmd.spawn().expect("run uring-bt seed");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut err = String::new();
+        while std::time::Instant::now() < deadline {
+            err = std::fs::read_to_string(&err_path).unwrap_or_default();
+            if err.contains("announce failed") || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if child.try_wait().unwrap().is_none() {
+            // SAFETY: kill(2) on the PID of our own child, which has not been reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        let stop = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > stop {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.wait();
+        let all = std::fs::read_to_string(&err_path).unwrap_or_default();
+        assert!(
+            err.contains("announce failed") && all.contains("WARN"),
+            "RUST_LOG={rust_log:?}: the warning is logged: {all}"
+        );
+        assert!(
+            !all.contains("\x1b["),
+            "RUST_LOG={rust_log:?}: no ANSI codes off a terminal: {all:?}"
+        );
+    }
 }
 
 #[test]

@@ -39,13 +39,16 @@ use crate::layout::{Layout, Span};
 use crate::pool::{BufPool, PoolBuf};
 use crate::store::{for_each_piece_of, run_length, BlockStore, StorageError, TorrentId};
 
+/// The most slots of a ring's registered-file table ([`UringConfig::max_open_files`]).
+pub const MAX_OPEN_FILES: usize = 32_768;
+
 /// Configuration of one shard's storage ring.
 #[derive(Debug, Clone)]
 pub struct UringConfig {
     /// Submission queue entries (the completion queue gets twice as many). 1..=32768.
     pub ring_entries: u32,
-    /// Slots of the registered-file table (the engine derives them from RLIMIT_NOFILE:
-    /// `server::limits::fd_budget`).
+    /// Slots of the registered-file table, 1..=[`MAX_OPEN_FILES`] (the engine derives them from
+    /// RLIMIT_NOFILE: `server::limits::fd_budget`).
     pub max_open_files: usize,
     /// Register the pool's buffers with the ring (`ReadFixed`/`WriteFixed`).
     pub register_buffers: bool,
@@ -226,9 +229,9 @@ impl UringStore {
                 cfg.ring_entries
             )));
         }
-        if cfg.max_open_files == 0 || cfg.max_open_files > 32_768 {
+        if cfg.max_open_files == 0 || cfg.max_open_files > MAX_OPEN_FILES {
             return Err(StorageError::Config(format!(
-                "max_open_files {} must be in 1..=32768",
+                "max_open_files {} must be in 1..={MAX_OPEN_FILES}",
                 cfg.max_open_files
             )));
         }

@@ -107,11 +107,19 @@ enum BenchCommand {
 /// errors, e.g. a piece that failed its hash check or a refused buffer registration);
 /// `RUST_LOG=uring_bt=debug` shows each peer's connect and disconnect with its reason.
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // An empty or blank RUST_LOG counts as unset (it would otherwise silence warnings too).
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| tracing_subscriber::EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn"));
+    // Colours only on a terminal, and never with NO_COLOR set (no-color.org: non-empty).
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     // A second initialisation (only possible from tests) keeps the first subscriber.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();

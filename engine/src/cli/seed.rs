@@ -18,6 +18,7 @@ use anyhow::Context;
 use uring_bt_proto::metainfo::Metainfo;
 use uring_bt_proto::session::SessionConfig;
 use uring_bt_proto::wire::BLOCK_SIZE;
+use uring_bt_storage::uring::MAX_OPEN_FILES;
 
 use crate::cli::common::UsageError;
 use crate::control::announce::{AnnounceTorrent, Announcer, AnnouncerConfig, Progress};
@@ -27,7 +28,7 @@ use crate::control::status::human_bytes;
 use crate::control::supervisor::Intensity;
 use crate::control::tracker::ClientConfig;
 use crate::server::affinity::{allowed_cpus, cpu_for_shard};
-use crate::server::limits::{fd_budget, raise_nofile};
+use crate::server::limits::{fd_budget, probe_io_uring, raise_nofile, MIN_OPEN_FILES};
 use crate::server::registry::{hex, Registry, Torrent};
 use crate::server::shard;
 use crate::server::state::ShardConfig;
@@ -95,7 +96,8 @@ pub struct SeedArgs {
     /// Shards (threads, one per core, each pinned): default, one per available core.
     #[arg(long, value_name = "N")]
     pub shards: Option<usize>,
-    /// Open files per shard (default: derived from RLIMIT_NOFILE, the shards and --max-peers).
+    /// Open files per shard, 4 to 32768 (default: derived from RLIMIT_NOFILE, the shards and
+    /// --max-peers).
     #[arg(long, value_name = "N")]
     pub max_open_files: Option<usize>,
     /// Connected peers in all (spread over shards).
@@ -273,6 +275,14 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     if args.upload_slots == 0 {
         return Err(usage("--upload-slots must be at least 1"));
     }
+    if let Some(f) = args.max_open_files {
+        if !(MIN_OPEN_FILES..=MAX_OPEN_FILES).contains(&f) {
+            return Err(usage(format_args!(
+                "--max-open-files must be between {MIN_OPEN_FILES} and {MAX_OPEN_FILES} (the \
+                 storage ring registers at most {MAX_OPEN_FILES} files per shard)"
+            )));
+        }
+    }
     if args.reqq == 0 || args.reqq > 100_000 {
         return Err(usage("--reqq must be between 1 and 100000"));
     }
@@ -312,6 +322,8 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     let (max_peers, files_per_shard) =
         fd_budget(nofile, shards, args.max_peers, args.max_open_files)
             .map_err(|e| usage(format_args!("{e:#}")))?;
+    // io_uring refused, or no locked memory for a ring: say so now, not after the data check.
+    probe_io_uring().map_err(anyhow::Error::msg)?;
     // The CPUs shards are pinned to: those this process may use (`taskset`, a cgroup cpuset),
     // read here on the main thread before any shard starts; shard i takes the i-th of them.
     let allowed = if args.no_pin {

@@ -41,6 +41,31 @@ pub const SHARD_EVENTS: usize = 4096;
 /// Capacity of the announcer's found-peers channel.
 pub const FOUND_PEERS: usize = 256;
 
+/// How long a starting shard may take to say it serves.
+const SHARD_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits for a starting shard's word on `ready`: it serves (`Ok`), it failed (its reason), its
+/// thread ended without a word (a failure, said at once, not as a timeout), or no word within
+/// `within`.
+fn wait_ready(
+    ready: &std::sync::mpsc::Receiver<Result<(), String>>,
+    index: usize,
+    within: Duration,
+) -> Result<(), String> {
+    use std::sync::mpsc::RecvTimeoutError;
+    match ready.recv_timeout(within) {
+        Ok(res) => res,
+        Err(RecvTimeoutError::Disconnected) => Err(format!(
+            "shard {index} failed to start: its thread ended before it served (see the lines \
+             above)"
+        )),
+        Err(RecvTimeoutError::Timeout) => Err(format!(
+            "shard {index} did not start within {} s",
+            within.as_secs_f64()
+        )),
+    }
+}
+
 /// What the control plane needs to run a server.
 pub struct ServerPlan {
     pub registry: Arc<Registry>,
@@ -105,6 +130,10 @@ pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     crate::control::supervisor::install_panic_hook();
+
+    // io_uring refused (sysctl, seccomp) or no locked memory for a ring: one clear line, before
+    // any shard tries (`seed` asked already, before its data check; the answer is kept).
+    crate::server::limits::probe_io_uring().map_err(anyhow::Error::msg)?;
 
     let n = plan.shards.len();
     let (events_tx, mut events_rx) = tokio::sync::mpsc::channel::<ShardEvent>(SHARD_EVENTS);
@@ -171,11 +200,7 @@ pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
                     on_exit,
                 )
                 .map_err(|e| format!("shard {index}: cannot start its thread: {e}"))?;
-                match ready_rx.recv_timeout(Duration::from_secs(30)) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(e),
-                    Err(_) => return Err(format!("shard {index} did not start within 30 s")),
-                }
+                wait_ready(&ready_rx, index, SHARD_START_TIMEOUT)?;
                 links.borrow_mut()[index] = tx;
                 Ok(())
             }),
@@ -528,5 +553,37 @@ impl DownloadWatch {
             }
         }
         Step::Go
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shard_that_ends_without_a_word_failed_it_did_not_time_out() {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+        drop(tx);
+        let t0 = Instant::now();
+        let e = wait_ready(&rx, 3, Duration::from_secs(30)).unwrap_err();
+        assert!(t0.elapsed() < Duration::from_secs(5), "said at once");
+        assert!(e.starts_with("shard 3 failed to start"), "{e}");
+        assert!(!e.contains("within"), "{e}");
+    }
+
+    #[test]
+    fn a_shard_that_says_nothing_times_out_and_a_reason_is_passed_on() {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+        let e = wait_ready(&rx, 1, Duration::from_millis(50)).unwrap_err();
+        assert_eq!(e, "shard 1 did not start within 0.05 s");
+        tx.send(Err("shard 1: cannot make an io_uring (...)".into()))
+            .unwrap();
+        assert_eq!(
+            wait_ready(&rx, 1, Duration::from_secs(1)),
+            Err("shard 1: cannot make an io_uring (...)".into())
+        );
+        tx.send(Ok(())).unwrap();
+        assert_eq!(wait_ready(&rx, 1, Duration::from_secs(1)), Ok(()));
+        drop(tx);
     }
 }

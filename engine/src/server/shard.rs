@@ -110,9 +110,19 @@ pub fn spawn(
             let index = cfg.index;
             let ready2 = ready.clone();
             let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
-                tokio_uring::builder()
-                    .entries(entries)
-                    .start(run(cfg, registry, listener, cmds, events, ready2))
+                // Not `Builder::start`, which unwraps the ring's error (a panic that reads as a
+                // bug when io_uring is refused or RLIMIT_MEMLOCK is too low).
+                let rt = tokio_uring::Runtime::new(tokio_uring::builder().entries(entries))
+                    .map_err(|e| {
+                        ShardExit::Failed(format!(
+                            "shard {index}: {}",
+                            crate::server::limits::io_uring_refused(
+                                &e,
+                                crate::server::limits::memlock_charged()
+                            )
+                        ))
+                    })?;
+                rt.block_on(run(cfg, registry, listener, cmds, events, ready2))
             }));
             let exit = match res {
                 Ok(Ok(())) => ShardExit::Stopped,
@@ -120,7 +130,15 @@ pub fn spawn(
                     let _ = ready.try_send(Err(format!("{e}")));
                     e
                 }
-                Err(p) => ShardExit::Panicked(panic_text(p.as_ref())),
+                Err(p) => {
+                    let text = panic_text(p.as_ref());
+                    // A panic before the shard served: the starter is told why (after it served,
+                    // nobody listens and this is a no-op).
+                    let _ = ready.try_send(Err(format!(
+                        "shard {index} panicked while starting: {text}"
+                    )));
+                    ShardExit::Panicked(text)
+                }
             };
             tracing::debug!(shard = index, "shard ended: {exit:?}");
             on_exit(exit);
