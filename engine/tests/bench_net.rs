@@ -226,15 +226,19 @@ fn bench_overview_json() {
     common::require_tool("openssl", "openssl");
     common::require_tool("iperf3", "iperf3");
     let v = run_json(&["bench", "--seconds", "0.3", "--size-mib", "32", "--json"]);
-    for part in ["hash", "disk", "net"] {
+    for part in ["hash", "disk", "net", "swarm"] {
         assert!(v[part].is_object(), "{part}: {v}");
         assert!(v[part]["error"].is_null(), "{part}: {}", v[part]);
     }
     assert!(v["disk"]["runs"].as_array().is_some_and(|r| r.len() == 8));
     check_net(&v["net"], true);
     let table = v["table"].as_array().expect("table");
-    // Four SHA-1 figures, two disk ones, six network paths and the floor.
-    assert_eq!(table.len(), 13, "{table:?}");
+    assert!(v["swarm"]["samples_checked"]
+        .as_u64()
+        .is_some_and(|n| n > 0));
+    assert_eq!(v["swarm"]["mismatches"], 0);
+    // Four SHA-1 figures, two disk ones, six network paths, the floor and two swarm rows.
+    assert_eq!(table.len(), 15, "{table:?}");
     for row in table {
         let what = row["what"].as_str().unwrap_or_default();
         if what.contains("sixteen lanes") && row["figure"].is_null() {

@@ -111,6 +111,18 @@ pub fn random_offsets(size: u64, block: u32, n: usize, seed: u64) -> Vec<u64> {
         .collect()
 }
 
+/// The generated data repeats every `PATTERN_LEN` bytes.
+pub(crate) const PATTERN_LEN: usize = 1 << 20;
+
+/// The first [`PATTERN_LEN`] bytes of every file [`ensure_file`] makes: the byte at offset `o`
+/// is `pattern()[o % PATTERN_LEN]`, so a reader can check any block without the file
+/// (`bench swarm`'s peers do).
+pub(crate) fn pattern() -> Vec<u8> {
+    (0..PATTERN_LEN as u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect()
+}
+
 /// Creates `path` with `size` bytes of non-zero data unless it already has that size.
 pub fn ensure_file(path: &Path, size: u64) -> anyhow::Result<()> {
     if std::fs::metadata(path)
@@ -120,9 +132,7 @@ pub fn ensure_file(path: &Path, size: u64) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    let chunk: Vec<u8> = (0..1u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
+    let chunk = pattern();
     let mut left = size;
     while left > 0 {
         let n = left.min(chunk.len() as u64) as usize;

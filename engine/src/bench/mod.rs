@@ -6,15 +6,21 @@
 //!   `openssl speed`.
 //! - [`net`]: the ceiling of the network send path (send, pread+send, batched, sendfile, a bare
 //!   ring with registered buffers), sender and receiver CPU per GiB, beside `iperf3`.
+//! - [`swarm`]: the real seeder (a child `uring-bt seed`) against K cheap peers of our own on
+//!   loopback: aggregate MB/s, the seeder's CPU per GiB, peak RSS and descriptors, as ratios
+//!   of bench net's ceiling and floor measured in the same invocation.
 //!
 //! With no subcommand, [`run_all`] runs hash, disk (as a child `uring-bt bench disk --json`,
-//! one short round on a smaller file) and net in turn, progress on stderr, and prints one table:
-//! each figure beside the machine's ceiling for it as the external tool measured it in the same
-//! run (`openssl speed`, `iperf3`; for the disk, `bench disk`'s own bare ring: it runs no fio).
+//! one short round on a smaller file), net and a short swarm (8 peers, 2 x S seconds, on the
+//! same file) in turn, progress on stderr, and prints one table: each figure beside the
+//! machine's ceiling for it as the external tool measured it in the same run (`openssl speed`,
+//! `iperf3`; for the disk, `bench disk`'s own bare ring: it runs no fio; for the swarm, bench
+//! net's ceiling and floor).
 
 pub mod disk;
 pub mod hash;
 pub mod net;
+pub mod swarm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -28,7 +34,8 @@ use crate::cli::UsageError;
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchAllArgs {
     /// Seconds per measurement (0 < S <= 60): hash takes about 6 x S, disk 4 x S, net 7 x S,
-    /// plus making and warming the file (about 40 s in all at the default).
+    /// the swarm 2 x S plus a second of warm-up, plus making and warming the file (about 45 s
+    /// in all at the default).
     #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
     /// Size in MiB of the file that disk and net read (1..=65536).
@@ -109,6 +116,7 @@ fn rows(
     h: &hash::HashReport,
     disk: &Result<serde_json::Value, String>,
     n: &net::NetReport,
+    sw: &Result<swarm::SwarmReport, String>,
 ) -> Vec<Row> {
     let mut out = Vec::new();
     for hash::HashRow {
@@ -170,8 +178,27 @@ fn rows(
         ceiling: ip.map(|i| i.sender_cpu_per_gib()),
         source: "iperf3 client CPU per GiB".into(),
     });
+    let sw = sw.as_ref().ok();
+    let peers = sw.map(|s| s.peers).unwrap_or(SWARM_PEERS);
+    out.push(Row {
+        what: format!("swarm, {peers} peers: uring-bt seed"),
+        figure: sw.map(|s| s.mb_per_s()),
+        unit: "MB/s",
+        ceiling: n.ceiling().map(|c| c.mb_per_s()),
+        source: "bench net's ceiling (best path)".into(),
+    });
+    out.push(Row {
+        what: "swarm: seeder CPU (whole process)".into(),
+        figure: sw.and_then(|s| s.seeder_cpu_per_gib()),
+        unit: "CPU-s/GiB",
+        ceiling: floor.map(|f| f.sender_cpu_per_gib()),
+        source: "bench net's floor".into(),
+    });
     out
 }
+
+/// Peers of the overview's swarm.
+const SWARM_PEERS: usize = 8;
 
 fn fmt(v: Option<f64>, unit: &str) -> String {
     match v {
@@ -190,7 +217,7 @@ pub fn run_all(args: BenchAllArgs) -> anyhow::Result<ExitCode> {
     };
     let secs = args.seconds;
 
-    say("1/3 hash: SHA-1 beside openssl speed");
+    say("1/4 hash: SHA-1 beside openssl speed");
     let hash_args = hash::BenchHashArgs {
         seconds: secs,
         threads: None,
@@ -205,7 +232,7 @@ pub fn run_all(args: BenchAllArgs) -> anyhow::Result<ExitCode> {
     let scratch = net::ScratchDir::new(&parent)?;
     let file = scratch.path().join("data.bin");
     say(&format!(
-        "2/3 disk: bench disk {} --size-mib {} --seconds {} --rounds 1",
+        "2/4 disk: bench disk {} --size-mib {} --seconds {} --rounds 1",
         file.display(),
         args.size_mib,
         4.0 * secs
@@ -218,7 +245,7 @@ pub fn run_all(args: BenchAllArgs) -> anyhow::Result<ExitCode> {
         disk::ensure_file(&file, args.size_mib << 20)?;
     }
 
-    say("3/3 net: send paths beside iperf3");
+    say("3/4 net: send paths beside iperf3");
     let net_args = net::BenchNetArgs {
         seconds: secs,
         block: 16_384,
@@ -230,11 +257,44 @@ pub fn run_all(args: BenchAllArgs) -> anyhow::Result<ExitCode> {
         to: None,
     };
     let n = net::measure(&net_args, Some(&file), &say).context("bench net")?;
+
+    let swarm_args = swarm::BenchSwarmArgs {
+        peers: SWARM_PEERS,
+        size_mib: args.size_mib,
+        duration: 2.0 * secs,
+        warmup: 1.0,
+        pipeline: 128,
+        sample_every: 64,
+        net_seconds: secs,
+        dir: args.dir.clone(),
+        json: args.json,
+    };
+    say(&format!(
+        "4/4 swarm: uring-bt seed and {SWARM_PEERS} peers of our own, {:.1} s",
+        swarm_args.duration
+    ));
+    // A wrong block fails the whole run, as it fails `bench swarm`; other failures (the
+    // seeder would not start) are reported in the table.
+    let sw = swarm::measure(
+        &swarm_args,
+        Some(&file),
+        Some(swarm::NetFigures::of(&n)),
+        &say,
+    );
+    let sw = match sw {
+        Err(e) if e.chain().any(|c| c.is::<swarm::WrongBlock>()) => {
+            return Err(e.context("bench swarm"))
+        }
+        r => r.map_err(|e| format!("{e:#}")),
+    };
+    if let Err(e) = &sw {
+        say(&format!("swarm: {e}"));
+    }
     drop(scratch);
     let total = started.elapsed().as_secs_f64();
     say("done");
 
-    let table = rows(&h, &disk, &n);
+    let table = rows(&h, &disk, &n, &sw);
     let text = if args.json {
         let t: Vec<_> = table
             .iter()
@@ -249,9 +309,21 @@ pub fn run_all(args: BenchAllArgs) -> anyhow::Result<ExitCode> {
             Ok(v) => v.clone(),
             Err(e) => serde_json::json!({ "error": e }),
         };
+        let swarm_json = match &sw {
+            // Bench net's own JSON is under "net" already.
+            Ok(s) => {
+                let mut v = s.json();
+                if let Some(m) = v.as_object_mut() {
+                    m.remove("net");
+                }
+                v
+            }
+            Err(e) => serde_json::json!({ "error": e }),
+        };
         let v = serde_json::json!({
             "seconds_per_measurement": secs, "seconds_total": total,
-            "hash": h.json(), "disk": disk_json, "net": n.json(), "table": t,
+            "hash": h.json(), "disk": disk_json, "net": n.json(), "swarm": swarm_json,
+            "table": t,
         });
         format!("{v}\n")
     } else {
@@ -275,6 +347,9 @@ pub fn run_all(args: BenchAllArgs) -> anyhow::Result<ExitCode> {
         }
         if let Err(e) = &n.iperf3 {
             s.push_str(&format!("iperf3: {e}\n"));
+        }
+        if let Err(e) = &sw {
+            s.push_str(&format!("swarm: {e}\n"));
         }
         s
     };

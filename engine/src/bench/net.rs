@@ -175,7 +175,7 @@ fn rusage(who: libc::c_int) -> f64 {
 }
 
 /// The file system holding `path`, by name where we know it.
-fn fs_name(path: &Path) -> String {
+pub(crate) fn fs_name(path: &Path) -> String {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
         return "unknown".into();
     };
@@ -881,7 +881,7 @@ pub fn parse_iperf3(json: &str) -> Result<Iperf3, String> {
 }
 
 /// A child process killed (by its PID) and reaped when dropped.
-struct KillOnDrop(Child);
+pub(crate) struct KillOnDrop(pub(crate) Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

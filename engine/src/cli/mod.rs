@@ -101,6 +101,9 @@ enum BenchCommand {
     /// The ceiling of the network send path: MB/s and CPU-s per GiB of six ways to send a
     /// cached file's blocks, beside iperf3 (loopback, or --to a `bench net --serve`).
     Net(crate::bench::net::BenchNetArgs),
+    /// The real seeder (a child `uring-bt seed`) against K cheap peers of our own on loopback:
+    /// aggregate MB/s and the seeder's CPU per GiB, beside bench net's ceiling and floor.
+    Swarm(crate::bench::swarm::BenchSwarmArgs),
 }
 
 /// Diagnostics (`tracing` events) go to stderr, filtered by `RUST_LOG` (default: warnings and
@@ -189,6 +192,7 @@ fn run(cli: Cli) -> Result<ExitCode, Fail> {
             Some(BenchCommand::Disk(a)) => Ok(crate::bench::disk::run_disk(a)?),
             Some(BenchCommand::Hash(a)) => Ok(crate::bench::hash::run_hash(a)?),
             Some(BenchCommand::Net(a)) => Ok(crate::bench::net::run_net(a)?),
+            Some(BenchCommand::Swarm(a)) => Ok(crate::bench::swarm::run_swarm(a)?),
             None => Ok(crate::bench::run_all(b.all)?),
         },
     }
