@@ -463,6 +463,34 @@ impl BlockStore for SimStore {
         self.transfer(true, t, piece, begin, len, buf).await
     }
 
+    /// The run is one operation, as for [`BlockStore::read_blocks`].
+    async fn write_blocks(
+        &self,
+        t: TorrentId,
+        piece: u32,
+        begin: u32,
+        mut bufs: Vec<PoolBuf>,
+    ) -> (Result<(), StorageError>, Vec<PoolBuf>) {
+        if bufs.is_empty() {
+            return (Ok(()), bufs);
+        }
+        if bufs.len() == 1 {
+            if let Some(b) = bufs.pop() {
+                let (r, b) = self.write_block(t, piece, begin, b).await;
+                bufs.push(b);
+                return (r, bufs);
+            }
+        }
+        let lens: Vec<u32> = bufs.iter().map(|b| b.block_len() as u32).collect();
+        if let Err(e) = run_length(&lens, &bufs) {
+            return (Err(e), bufs);
+        }
+        let r = self
+            .transfer_run(true, t, piece, begin, &lens, &mut bufs)
+            .await;
+        (r, bufs)
+    }
+
     async fn hash_piece(&self, t: TorrentId, piece: u32) -> Result<[u8; 20], StorageError> {
         let size = {
             let ts = self.torrents.borrow();

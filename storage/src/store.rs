@@ -58,6 +58,24 @@ pub trait BlockStore {
         buf: PoolBuf,
     ) -> (Result<(), StorageError>, PoolBuf);
 
+    /// Writes the contiguous blocks in `bufs` (each buffer's block region, at its current block
+    /// length) of `piece` of torrent `t`, the first at `begin` and each following right after
+    /// the one before. A store may write the whole run with fewer operations than blocks (the
+    /// io_uring store: one vectored write per file span; a buffered write's cost is mostly per
+    /// call, so a 256 KiB run costs about half of sixteen 16 KiB writes).
+    ///
+    /// The result covers the whole run: on an error some blocks may be written, none is known
+    /// good. A run of one block behaves exactly as [`BlockStore::write_block`]. The checks are
+    /// those of [`BlockStore::read_blocks`], and a read-only torrent is
+    /// [`StorageError::ReadOnly`]. An empty run writes nothing.
+    async fn write_blocks(
+        &self,
+        t: TorrentId,
+        piece: u32,
+        begin: u32,
+        bufs: Vec<PoolBuf>,
+    ) -> (Result<(), StorageError>, Vec<PoolBuf>);
+
     /// SHA-1 of piece `piece` as stored on disk.
     async fn hash_piece(&self, t: TorrentId, piece: u32) -> Result<[u8; 20], StorageError>;
 }

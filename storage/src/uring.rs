@@ -672,10 +672,12 @@ impl UringStore {
 }
 
 impl UringStore {
-    /// Reads `span` (whose `buf_offset` counts from the start of the run) into the run's
-    /// buffers with `Readv`, resubmitting the rest after a short read.
-    async fn read_span_vectored(
+    /// Reads (`write`: writes) `span` (whose `buf_offset` counts from the start of the run)
+    /// into (from) the run's buffers with `Readv` (`Writev`), resubmitting the rest after a
+    /// short transfer.
+    async fn transfer_span_vectored(
         &self,
+        write: bool,
         t: TorrentId,
         span: Span,
         file_len: u64,
@@ -704,15 +706,25 @@ impl UringStore {
             });
             let iov_ptr = iov.as_ptr();
             let iov_n = iov.len() as u32;
-            let sqe = if inner.fixed_files {
-                opcode::Readv::new(types::Fixed(slot), iov_ptr, iov_n)
+            let sqe = match (inner.fixed_files, write) {
+                (true, false) => opcode::Readv::new(types::Fixed(slot), iov_ptr, iov_n)
                     .offset(off)
-                    .build()
-            } else {
-                let fd = inner.files.borrow().raw_fd(slot).unwrap_or(-1);
-                opcode::Readv::new(types::Fd(fd), iov_ptr, iov_n)
+                    .build(),
+                (true, true) => opcode::Writev::new(types::Fixed(slot), iov_ptr, iov_n)
                     .offset(off)
-                    .build()
+                    .build(),
+                (false, w) => {
+                    let fd = inner.files.borrow().raw_fd(slot).unwrap_or(-1);
+                    if w {
+                        opcode::Writev::new(types::Fd(fd), iov_ptr, iov_n)
+                            .offset(off)
+                            .build()
+                    } else {
+                        opcode::Readv::new(types::Fd(fd), iov_ptr, iov_n)
+                            .offset(off)
+                            .build()
+                    }
+                }
             };
             // The iovec array moves into the op table with the buffers; its heap allocation,
             // which the SQE points at, does not move.
@@ -720,7 +732,7 @@ impl UringStore {
                 .run_op(sqe, OpBufs::Many { bufs, iov }, slot, t, span.file_index)
                 .await;
             bufs = b.many();
-            match res.and_then(|r| self.outcome(false, t, span, file_len, off, n, r, &mut retries))
+            match res.and_then(|r| self.outcome(write, t, span, file_len, off, n, r, &mut retries))
             {
                 Ok(got) => done += got,
                 Err(e) => return (Err(e), bufs),
@@ -831,7 +843,9 @@ impl BlockStore for UringStore {
                 continue;
             }
             let r;
-            (r, bufs) = self.read_span_vectored(t, span, f.length, lens, bufs).await;
+            (r, bufs) = self
+                .transfer_span_vectored(false, t, span, f.length, lens, bufs)
+                .await;
             if let Err(e) = r {
                 return (Err(e), bufs);
             }
@@ -852,6 +866,63 @@ impl BlockStore for UringStore {
     ) -> (Result<(), StorageError>, PoolBuf) {
         let len = buf.block_len() as u32;
         self.transfer(true, t, piece, begin, len, buf).await
+    }
+
+    /// A run is written with **one vectored write per file span** (`Writev`: the pool's
+    /// buffers are registered, but no fixed-buffer opcode takes several); padding files are
+    /// skipped. Short writes and `EINTR`/`EAGAIN` are resubmitted for the rest.
+    async fn write_blocks(
+        &self,
+        t: TorrentId,
+        piece: u32,
+        begin: u32,
+        mut bufs: Vec<PoolBuf>,
+    ) -> (Result<(), StorageError>, Vec<PoolBuf>) {
+        if bufs.is_empty() {
+            return (Ok(()), bufs);
+        }
+        if bufs.len() == 1 {
+            if let Some(b) = bufs.pop() {
+                let (r, b) = self.write_block(t, piece, begin, b).await;
+                bufs.push(b);
+                return (r, bufs);
+            }
+        }
+        let lens: Vec<u32> = bufs.iter().map(|b| b.block_len() as u32).collect();
+        let total = match run_length(&lens, &bufs) {
+            Ok(n) => n,
+            Err(e) => return (Err(e), bufs),
+        };
+        let (layout, writable) = match self.torrent(t) {
+            Ok(x) => x,
+            Err(e) => return (Err(e), bufs),
+        };
+        if !writable {
+            let path = self.root_path(t);
+            return (Err(StorageError::ReadOnly { path }), bufs);
+        }
+        let spans = match layout.spans(piece, begin, total) {
+            Ok(s) => s,
+            Err(e) => return (Err(e.into()), bufs),
+        };
+        for span in spans {
+            let f = &layout.files()[span.file_index];
+            if f.padding {
+                continue;
+            }
+            let r;
+            (r, bufs) = self
+                .transfer_span_vectored(true, t, span, f.length, &lens, bufs)
+                .await;
+            if let Err(e) = r {
+                return (Err(e), bufs);
+            }
+        }
+        self.inner.bump(|s| {
+            s.writes += lens.len() as u64;
+            s.write_bytes += u64::from(total);
+        });
+        (Ok(()), bufs)
     }
 
     async fn hash_piece(&self, t: TorrentId, piece: u32) -> Result<[u8; 20], StorageError> {
