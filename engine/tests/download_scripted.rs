@@ -28,19 +28,28 @@ impl Target {
     /// A seeder from a fresh address, for 30 s at most (see `dialing_seeder`).
     fn seeder(&self, rate: u64, unchoke: bool) -> JoinHandle<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
-        dialing_seeder(unique_ip(), self, rate, deadline, unchoke)
+        dialing_seeder(unique_ip(), self, rate, deadline, unchoke, false)
+    }
+
+    /// A seeder like [`Target::seeder`] that answers each batch of requests it reads in the
+    /// reverse order (as a seeder whose disk reads complete out of order does).
+    fn reversing_seeder(&self) -> JoinHandle<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        dialing_seeder(unique_ip(), self, 1 << 30, deadline, true, true)
     }
 }
 
 /// A seeder that dials `t` from `ip`, offers every piece (unchoking, or else allowing every
-/// piece fast) and answers requests from its data, at most `rate` bytes per second; it stops
-/// at `deadline` or when the peer closes.
+/// piece fast) and answers requests from its data, at most `rate` bytes per second (with
+/// `reverse`, each batch of requests read at once in the reverse order); it stops at
+/// `deadline` or when the peer closes.
 fn dialing_seeder(
     ip: Ipv4Addr,
     t: &Target,
     rate: u64,
     deadline: Instant,
     unchoke: bool,
+    reverse: bool,
 ) -> JoinHandle<()> {
     let (target, info_hash, data, piece_len) = (t.addr, t.info_hash, t.data.clone(), t.piece_len);
     std::thread::spawn(move || {
@@ -74,7 +83,12 @@ fn dialing_seeder(
         let started = Instant::now();
         let mut budget_sent = 0u64;
         let mut tmp = vec![0u8; 64 << 10];
+        // With `reverse`: requests answered in batches of REVERSED_BATCH, each last first
+        // (what is pending when a read waits 200 ms, too).
+        const REVERSED_BATCH: usize = 48;
+        let mut asked = Vec::new();
         while Instant::now() < deadline {
+            let mut idle = false;
             match s.read(&mut tmp) {
                 Ok(0) => return,
                 Ok(n) => buf.extend_from_slice(&tmp[..n]),
@@ -82,7 +96,10 @@ fn dialing_seeder(
                     if matches!(
                         e.kind(),
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                    ) =>
+                {
+                    idle = true
+                }
                 Err(_) => return,
             }
             if !got_hs {
@@ -92,24 +109,40 @@ fn dialing_seeder(
                 buf.drain(..68);
                 got_hs = true;
             }
-            let mut replies = Vec::new();
             while let Ok(Some((msg, n))) = wire::decode(&buf, 1 << 20) {
                 if let Message::Request(b) = msg {
-                    let start = u64::from(b.piece) * u64::from(piece_len) + u64::from(b.begin);
-                    let end = start + u64::from(b.len);
-                    if let Some(d) = data.get(start as usize..end as usize) {
-                        wire::encode(
-                            &Message::Piece {
-                                piece: b.piece,
-                                begin: b.begin,
-                                data: d,
-                            },
-                            &mut replies,
-                        );
-                        budget_sent += u64::from(b.len);
-                    }
+                    asked.push(b);
                 }
                 buf.drain(..n);
+            }
+            let answer: Vec<_> = if !reverse {
+                std::mem::take(&mut asked)
+            } else if idle {
+                asked.drain(..).rev().collect()
+            } else {
+                // Whole batches only, each last first; the rest waits for more requests.
+                let whole = asked.len() / REVERSED_BATCH * REVERSED_BATCH;
+                let mut v: Vec<_> = asked.drain(..whole).collect();
+                for batch in v.chunks_mut(REVERSED_BATCH) {
+                    batch.reverse();
+                }
+                v
+            };
+            let mut replies = Vec::new();
+            for b in answer {
+                let start = u64::from(b.piece) * u64::from(piece_len) + u64::from(b.begin);
+                let end = start + u64::from(b.len);
+                if let Some(d) = data.get(start as usize..end as usize) {
+                    wire::encode(
+                        &Message::Piece {
+                            piece: b.piece,
+                            begin: b.begin,
+                            data: d,
+                        },
+                        &mut replies,
+                    );
+                    budget_sent += u64::from(b.len);
+                }
             }
             if !replies.is_empty() {
                 if s.write_all(&replies).is_err() {
@@ -184,8 +217,14 @@ impl Payload {
     /// 127.x>:0`; returns it, once it printed `listening:` and `info_hash:`, and what seeders
     /// need to dial it.
     fn download(&self, out: &Path, args: &[&str]) -> (Proc, Target) {
+        self.download_env(out, args, &[])
+    }
+
+    /// [`Payload::download`] with environment variables set for the downloader.
+    fn download_env(&self, out: &Path, args: &[&str], env: &[(&str, &str)]) -> (Proc, Target) {
         let ip = unique_ip();
         let mut cmd = std::process::Command::new(bin());
+        cmd.envs(env.iter().copied());
         cmd.arg("download")
             .arg(&self.torrent)
             .arg("-o")
@@ -219,7 +258,7 @@ fn inbound_seeders_on_both_shards_all_contribute() {
     for _ in 0..8 {
         let sip = unique_ip();
         ips.push(sip);
-        threads.push(dialing_seeder(sip, &t, 2 << 20, deadline, true));
+        threads.push(dialing_seeder(sip, &t, 2 << 20, deadline, true, false));
     }
     // Peers that connect and send nothing but a handshake get no record (a peer connecting
     // from ever new ports must not grow the download's per-address records).
@@ -363,8 +402,118 @@ fn a_choking_peer_that_allows_pieces_fast_is_downloaded_from() {
     let _ = seeder.join();
 }
 
+/// The `hashing:` figures of a download's debug line: (sixteen at once, one by one, bytes read
+/// back, blocks written, writes).
+fn hashing_figures(stderr: &str) -> (u64, u64, u64, u64, u64) {
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("hashing: "))
+        .unwrap_or_else(|| panic!("no hashing line in the downloader's stderr:\n{stderr}"));
+    let nums: Vec<u64> = line
+        .split("hashing: ")
+        .nth(1)
+        .unwrap_or_default()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // "N blocks sixteen at once, M one by one, B bytes read back; writing: W blocks in O
+    // writes" ("sixteen" is a word).
+    assert!(nums.len() >= 5, "unexpected hashing line: {line}");
+    (nums[0], nums[1], nums[2], nums[3], nums[4])
+}
+
+/// A seeder that sends each batch of blocks in the reverse order of our requests: the blocks
+/// that come before their gap wait in the stage (bounded) until it fills, so almost nothing is
+/// read back from disk to hash, with the sixteen-lane hash and without; contiguous blocks are
+/// written as runs (fewer writes than blocks); the data is intact.
+#[test]
+fn blocks_sent_out_of_order_are_hashed_as_they_arrive_not_read_back() {
+    // (hash lanes, pool buffers): with 8 buffers the stage holds at most 2 blocks (a quarter
+    // of the pool), far fewer than a reversed batch: early blocks past the bound are written
+    // unhashed and their pieces hashed from disk at the end, intact all the same.
+    for (lanes, buffers) in [("off", "256"), ("on", "256"), ("off", "8")] {
+        let p = Payload::new("rev", 16 << 20, 23, 262_144);
+        let args = [
+            "--shards",
+            "1",
+            "--no-resume",
+            "--hash-lanes",
+            lanes,
+            "--buffers",
+            buffers,
+        ];
+        let env = [("RUST_LOG", "uring_bt::server::download=debug")];
+        let (mut dl, t) = p.download_env(&p.out, &args, &env);
+        let seeder = t.reversing_seeder();
+        dl.wait_line("complete:", Duration::from_secs(60));
+        assert!(dl.wait_exit(Duration::from_secs(20)).success());
+        common::assert_same_file(&p.file, &p.out.join("rev.bin"));
+        let _ = seeder.join();
+        let (sixteen, single, read_back, written, writes) = hashing_figures(&dl.stderr_text());
+        let blocks = (16u64 << 20) / 16_384;
+        eprintln!(
+            "lanes {lanes}, {buffers} buffers: {sixteen} blocks sixteen at once, {single} one by one, {read_back} bytes read back; {written} blocks in {writes} writes"
+        );
+        assert_eq!(written, blocks, "every block written once");
+        assert!(writes <= blocks, "{writes} writes for {blocks} blocks");
+        // Everything hashed exactly once: in memory, or read back.
+        assert_eq!(
+            (sixteen + single) * 16_384 + read_back,
+            16 << 20,
+            "lanes {lanes}: {sixteen} + {single} blocks hashed and {read_back} bytes read back"
+        );
+        if buffers == "8" {
+            assert!(
+                read_back > 0,
+                "a 2-block stage cannot hold a reversed batch, yet nothing was read back ({sixteen} sixteen at once, {single} one by one)"
+            );
+            continue;
+        }
+        // Reordering within a batch is what the stage absorbs: at most 1/8 read back (before
+        // the stage held early blocks, a piece's first late block sent the rest to disk).
+        assert!(
+            read_back <= (16 << 20) / 8,
+            "lanes {lanes}: {read_back} bytes read back of {} blocks ({sixteen} sixteen at once, {single} one by one)",
+            blocks
+        );
+        if lanes == "off" {
+            // One piece at a time: contiguous blocks are written as runs of up to 16.
+            assert!(
+                writes * 4 <= blocks,
+                "lanes off: {writes} writes for {blocks} blocks: runs were not coalesced"
+            );
+        }
+        if lanes == "on" {
+            assert!(
+                sixteen >= blocks / 2,
+                "lanes on: only {sixteen} of {blocks} blocks hashed sixteen at once"
+            );
+        }
+    }
+}
+
+/// The last `progress:` line's `key=` value.
+fn last_progress(p: &Proc, key: &str) -> Option<u64> {
+    p.stdout_lines()
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("progress:"))
+        .and_then(|l| kv(l, key))
+        .and_then(|v| v.parse().ok())
+}
+
+/// A download stopped by SIGTERM half-way keeps what it had: with pieces fetched one after
+/// another (`--hash-lanes off`) whole pieces and the written blocks of the piece in progress;
+/// with sixteen pieces striped (`--hash-lanes on`, the default on AVX-512), mostly the written
+/// blocks of the sixteen partial pieces. The second run fetches exactly what was missing.
 #[test]
 fn a_clean_stop_keeps_the_written_blocks_of_partial_pieces_and_nothing_is_fetched_twice() {
+    for lanes in ["off", "on"] {
+        clean_stop_and_resume(lanes);
+    }
+}
+
+fn clean_stop_and_resume(lanes: &str) {
     let total = 16u64 << 20;
     let piece = 1u64 << 20;
     let p = Payload::new("part", total, 19, piece as u32);
@@ -378,15 +527,23 @@ fn a_clean_stop_keeps_the_written_blocks_of_partial_pieces_and_nothing_is_fetche
         "1",
         "--status-interval",
         "0.2",
+        "--hash-lanes",
+        lanes,
     ];
 
     // Run 1: a slow seeder (4 MiB/s, 1 MiB pieces: pieces are in progress at any moment),
-    // stopped with SIGTERM once 4 pieces are had.
+    // stopped with SIGTERM once 4 pieces are had (lanes off) or 6 MiB arrived (lanes on: the
+    // sixteen striped pieces complete together near the end).
     let (mut dl, t) = p.download(&p.out, &args);
     let s1 = t.seeder(4 << 20, true);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if last_have(&dl).unwrap_or(0) >= 4 {
+        let far = if lanes == "off" {
+            last_have(&dl).unwrap_or(0) >= 4
+        } else {
+            last_progress(&dl, "downloaded").unwrap_or(0) >= 6 << 20
+        };
+        if far {
             break;
         }
         assert!(Instant::now() < deadline, "no progress: {}", dl.logs());
@@ -395,7 +552,12 @@ fn a_clean_stop_keeps_the_written_blocks_of_partial_pieces_and_nothing_is_fetche
     let st = dl
         .terminate(Duration::from_secs(15))
         .expect("stops on SIGTERM");
-    assert_eq!(st.code(), Some(1), "stopped before complete: {}", dl.logs());
+    assert_eq!(
+        st.code(),
+        Some(1),
+        "lanes {lanes}: stopped before complete: {}",
+        dl.logs()
+    );
     let _ = s1.join();
 
     // Run 2: every byte still missing is fetched once, and only those.
@@ -419,12 +581,21 @@ fn a_clean_stop_keeps_the_written_blocks_of_partial_pieces_and_nothing_is_fetche
         num("downloaded"),
         num("wasted"),
     );
-    assert!(resumed >= 4, "{complete}");
-    assert!(partial > 0, "no partial piece kept: {complete}");
+    if lanes == "off" {
+        assert!(resumed >= 4, "{complete}");
+        assert!(partial > 0, "no partial piece kept: {complete}");
+    } else {
+        // Most of the 6 MiB is kept, as whole pieces or as written blocks of partial ones
+        // (what was in flight, staged or held at the stop is fetched again).
+        assert!(
+            resumed * piece + partial >= 4 << 20,
+            "lanes on: kept too little: {complete}"
+        );
+    }
     assert_eq!(
         downloaded - wasted,
         total - resumed * piece - partial,
-        "fetched exactly what was missing: {complete}"
+        "lanes {lanes}: fetched exactly what was missing: {complete}"
     );
     let _ = s2.join();
 }

@@ -100,10 +100,11 @@ pub struct DownloadArgs {
     #[arg(long, default_value_t = 20, value_name = "SECS")]
     pub snub_timeout: u64,
     /// Hash received pieces sixteen at once (blocks of sixteen pieces requested interleaved,
-    /// hashed together as they arrive): `auto` does so where the CPU has AVX-512, `on` always
-    /// (without AVX-512 the sixteen are hashed one after another), `off` never (the default
-    /// until it is measured on an AVX-512 machine: on one without, `on` ran slower).
-    #[arg(long, value_enum, default_value_t = HashLanes::Off, value_name = "WHEN")]
+    /// hashed together as they arrive): `auto` (the default) does so where the CPU has
+    /// AVX-512, `on` always (without AVX-512 the sixteen are hashed one after another), `off`
+    /// never. Measured on an AVX-512 machine: 1 GiB from libtorrent took 1.2 CPU-s with lanes
+    /// and 1.4 without; on one without AVX-512, `on` ran slower.
+    #[arg(long, value_enum, default_value_t = HashLanes::Auto, value_name = "WHEN")]
     pub hash_lanes: HashLanes,
     /// Seconds between two progress lines (fractions allowed).
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
