@@ -387,7 +387,13 @@ impl Download {
                 return false;
             };
             let p = self.stage[i].piece;
+            let before = self.stage.len();
             self.hash_in_order(p, out);
+            if self.stage.len() == before {
+                // Cannot happen (a piece's in-order run is staged from its hashed end); never
+                // loop on it.
+                return false;
+            }
         }
         true
     }
@@ -397,7 +403,7 @@ impl Download {
     fn waits_for_lanes(&self, st: &Staged) -> bool {
         self.pieces
             .get(&st.piece)
-            .is_none_or(|ps| st.begin < ps.staged_to)
+            .is_some_and(|ps| st.begin < ps.staged_to)
     }
 
     /// Index in the stage of `piece`'s block that continues its hash, if staged.
@@ -840,7 +846,8 @@ pub async fn on_block(shard: &Rc<Shard>, key: usize, t: usize, b: BlockRef, data
     let arm = with_download(shard, t, |dl| {
         dl.hash_or_stage(b, buf, cap, &mut ready);
         dl.hold(ready, cap, &mut runs);
-        let arm = !(dl.stage.is_empty() && dl.held.is_empty()) && !dl.flush_armed;
+        let busy = !dl.stage.is_empty() || !dl.held.is_empty();
+        let arm = busy && !dl.flush_armed;
         dl.flush_armed |= arm;
         arm
     })
