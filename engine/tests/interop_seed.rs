@@ -24,7 +24,12 @@ const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// Our seeder for one case; checks the info hash it announces on stdout.
 fn our_seeder(case: &Case, nofile: Option<u64>) -> Seeder {
-    let mut s = spawn_our_seeder(&[&case.torrent], &case.data, nofile);
+    our_seeder_with(case, nofile, &[])
+}
+
+/// [`our_seeder`] with more arguments.
+fn our_seeder_with(case: &Case, nofile: Option<u64>, extra: &[&str]) -> Seeder {
+    let mut s = spawn_our_seeder_with(&[&case.torrent], &case.data, nofile, extra);
     let line = s.proc.wait_line("info_hash:", Duration::from_secs(30));
     let h = line.split_whitespace().next().unwrap_or("");
     assert_eq!(
@@ -211,6 +216,63 @@ fn tree_served_under_ulimit_128_keeps_descriptors_under_the_cap() {
     assert!(count_after(server, "opened ") >= 1000, "{server}");
     assert!(count_after(server, "evicted ") > 0, "no eviction: {server}");
     assert_eq!(count_before(server, " accept errors"), 0, "{server}");
+    assert!(
+        !err.contains("Too many open files") && !err.contains("EMFILE"),
+        "the seeder ran out of descriptors:\n{err}"
+    );
+}
+
+/// The number of blocks the seeder's `server:` line says went by splice.
+fn blocks_spliced(err: &str) -> u64 {
+    let server = err
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("server: "))
+        .unwrap_or_else(|| panic!("no `server:` line\n{err}"));
+    count_before(server, " blocks spliced")
+}
+
+/// `--send-path splice` against real leechers: libtorrent and rtorrent fetch the 64 MiB file
+/// at once, then libtorrent the 1,000-file tree with the seeder under `ulimit -n 128` and an
+/// 8-slot file table (chains split where their pins would exceed a quarter of the table, and
+/// blocks span files), each byte for byte, and the server counts every block as spliced.
+#[test]
+fn splice_send_path_serves_libtorrent_and_rtorrent_intact() {
+    Client::Libtorrent.require();
+    Client::Rtorrent.require();
+    let _g = heavy_lock();
+    let _t = Timed::new("splice_send_path");
+    let case = single_case(64, 0x5911CE);
+    let seeder = our_seeder_with(&case, None, &["--send-path", "splice"]);
+    download_together(
+        &case,
+        &seeder,
+        &[
+            (Client::Libtorrent, "splice-lt".to_string()),
+            (Client::Rtorrent, "splice-rt".to_string()),
+        ],
+    );
+    let spliced = blocks_spliced(&stop_our_seeder(seeder));
+    // Each of the two leechers needs all 4,097 blocks of 64 MiB + 777 bytes from us.
+    assert!(spliced >= 2 * 4097, "only {spliced} blocks spliced");
+
+    let case = tree_case(1000, 0x5911);
+    let seeder = our_seeder_with(
+        &case,
+        Some(128),
+        &[
+            "--send-path",
+            "splice",
+            "--splice-pipes",
+            "4",
+            "--max-open-files",
+            "8",
+        ],
+    );
+    download(Client::Libtorrent, &case, &seeder, "splice-tree");
+    let err = stop_our_seeder(seeder);
+    let spliced = blocks_spliced(&err);
+    assert!(spliced > 0, "nothing spliced:\n{err}");
     assert!(
         !err.contains("Too many open files") && !err.contains("EMFILE"),
         "the seeder ran out of descriptors:\n{err}"

@@ -512,11 +512,22 @@ fn resume_data_skips_the_check_until_a_file_changes() {
 
 #[test]
 fn skip_check_verifies_lazily_and_never_sends_a_bad_piece() {
+    lazy_check_never_sends_a_bad_piece(&[]);
+}
+
+#[test]
+fn splice_path_verifies_lazily_and_never_sends_a_bad_piece() {
+    lazy_check_never_sends_a_bad_piece(&["--send-path", "splice"]);
+}
+
+fn lazy_check_never_sends_a_bad_piece(extra: &[&str]) {
     let f = fixture(300_000);
     let mut bad = f.content.clone();
     bad[2 * 32768 + 100] ^= 0xff; // piece 2 is corrupt on disk
     std::fs::write(f.data_dir.join("payload.bin"), &bad).unwrap();
-    let (_s, addr) = start_seeder(&f, &["--skip-check"]);
+    let mut args = vec!["--skip-check"];
+    args.extend_from_slice(extra);
+    let (_s, addr) = start_seeder(&f, &args);
     let (mut p, _) = Scripted::connect(addr, f.info_hash, true);
     p.recv().unwrap();
     p.unchoked();
@@ -899,11 +910,22 @@ fn memory_bound_kib(
 
 #[test]
 fn peers_that_never_read_cannot_grow_the_seeder_and_an_honest_peer_is_served() {
+    never_read_peers_are_bounded(&[]);
+}
+
+/// The same through the splice send path with two pipes per shard: the peers that never read
+/// hold pipes (their splices wait in io-wq on a full socket) until the write timeout, and the
+/// honest peer is still served in full.
+#[test]
+fn splice_path_peers_that_never_read_cannot_grow_the_seeder_and_an_honest_peer_is_served() {
+    never_read_peers_are_bounded(&["--send-path", "splice", "--splice-pipes", "2"]);
+}
+
+fn never_read_peers_are_bounded(extra: &[&str]) {
     let f = fixture(8 << 20); // 256 pieces of 32 KiB
-    let (seeder, addr) = start_seeder(
-        &f,
-        &["--buffers", "64", "--write-timeout", "4", "--reqq", "2000"],
-    );
+    let mut args = vec!["--buffers", "64", "--write-timeout", "4", "--reqq", "2000"];
+    args.extend_from_slice(extra);
+    let (seeder, addr) = start_seeder(&f, &args);
     let pid = seeder.0.id();
     // Alone, the honest download takes this long.
     let alone = download_all(addr, &f);

@@ -39,6 +39,9 @@ use crate::layout::{Layout, Span};
 use crate::pool::{BufPool, PoolBuf};
 use crate::store::{for_each_piece_of, run_length, BlockStore, StorageError, TorrentId};
 
+mod splice;
+pub use splice::{SpliceBlock, SpliceError, SplicePipe, MAX_CHAIN};
+
 /// The most slots of a ring's registered-file table ([`UringConfig::max_open_files`]).
 pub const MAX_OPEN_FILES: usize = 32_768;
 
@@ -105,6 +108,8 @@ enum OpState {
 /// What an operation's SQE points into, owned by the op table until the completion: one pool
 /// buffer, or the buffers of a vectored read together with the iovec array the SQE names.
 enum OpBufs {
+    /// An op that points into no pool buffer (a chain's pipe and socket splices).
+    None,
     One(PoolBuf),
     Many {
         bufs: Vec<PoolBuf>,
@@ -118,14 +123,18 @@ impl OpBufs {
     fn one(self) -> PoolBuf {
         match self {
             OpBufs::One(b) => b,
-            OpBufs::Many { .. } => unreachable!("single-buffer op came back with many buffers"),
+            OpBufs::Many { .. } | OpBufs::None => {
+                unreachable!("single-buffer op came back without its buffer")
+            }
         }
     }
 
     fn many(self) -> Vec<PoolBuf> {
         match self {
             OpBufs::Many { bufs, .. } => bufs,
-            OpBufs::One(_) => unreachable!("vectored op came back with one buffer"),
+            OpBufs::One(_) | OpBufs::None => {
+                unreachable!("vectored op came back without its buffers")
+            }
         }
     }
 }
@@ -435,6 +444,29 @@ impl UringStore {
         key: FileKey,
         cx: &mut Context<'_>,
     ) -> Poll<Result<u32, StorageError>> {
+        match self.reserve_slot(t, key, Some(cx.waker())) {
+            Some(r) => Poll::Ready(r),
+            None => Poll::Pending,
+        }
+    }
+
+    /// Pins the slot of file `file` of torrent `t` if one can be had without waiting (`None`:
+    /// every slot is busy).
+    fn try_acquire(&self, t: TorrentId, file: usize) -> Option<Result<u32, StorageError>> {
+        let key = FileKey {
+            torrent: t.0,
+            file: file as u32,
+        };
+        self.reserve_slot(t, key, None)
+    }
+
+    /// [`Self::poll_acquire`]'s work; `waker` is woken when a slot frees (if given).
+    fn reserve_slot(
+        &self,
+        t: TorrentId,
+        key: FileKey,
+        waker: Option<&Waker>,
+    ) -> Option<Result<u32, StorageError>> {
         let inner = &*self.inner;
         let ring = inner.ring.borrow();
         let reg = RingRegistrar {
@@ -442,27 +474,27 @@ impl UringStore {
             enabled: inner.fixed_files,
         };
         let mut files = inner.files.borrow_mut();
-        match files.reserve(key, &reg, Some(cx.waker())) {
-            Reserve::Hit(slot) => Poll::Ready(Ok(slot)),
+        match files.reserve(key, &reg, waker) {
+            Reserve::Hit(slot) => Some(Ok(slot)),
             Reserve::Busy => {
                 // Every slot has an operation queued or in flight: make sure the queued ones are
                 // submitted; a completion wakes us.
                 inner.kick();
-                Poll::Pending
+                None
             }
-            Reserve::Vacant(slot) => match self.open_file(t, key.file as usize) {
+            Reserve::Vacant(slot) => Some(match self.open_file(t, key.file as usize) {
                 Ok(fd) => match files.install(key, slot, fd, &reg) {
-                    Ok(()) => Poll::Ready(Ok(slot)),
-                    Err(e) => Poll::Ready(Err(StorageError::Io {
+                    Ok(()) => Ok(slot),
+                    Err(e) => Err(StorageError::Io {
                         path: self.file_path(t, key.file as usize),
                         source: e,
-                    })),
+                    }),
                 },
                 Err(e) => {
                     files.unreserve(slot);
-                    Poll::Ready(Err(e))
+                    Err(e)
                 }
-            },
+            }),
         }
     }
 

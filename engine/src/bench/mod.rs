@@ -173,7 +173,7 @@ fn rows(
             "net floor, sender ({})",
             floor.map(|f| f.path.key()).unwrap_or("-")
         ),
-        figure: floor.map(|f| f.sender_cpu_per_gib()),
+        figure: floor.map(|f| f.send_cost_per_gib()),
         unit: "CPU-s/GiB",
         ceiling: ip.map(|i| i.sender_cpu_per_gib()),
         source: "iperf3 client CPU per GiB".into(),
@@ -191,7 +191,7 @@ fn rows(
         what: "swarm: seeder CPU (whole process)".into(),
         figure: sw.and_then(|s| s.seeder_cpu_per_gib()),
         unit: "CPU-s/GiB",
-        ceiling: floor.map(|f| f.sender_cpu_per_gib()),
+        ceiling: floor.map(|f| f.send_cost_per_gib()),
         source: "bench net's floor".into(),
     });
     out
@@ -267,6 +267,7 @@ pub fn run_all(args: BenchAllArgs) -> anyhow::Result<ExitCode> {
         sample_every: 64,
         net_seconds: secs,
         dir: args.dir.clone(),
+        send_path: crate::cli::seed::SendPathArg::Copy,
         json: args.json,
     };
     say(&format!(

@@ -2,7 +2,7 @@
 //!
 //! `--streams` sender threads (one TCP connection each) send blocks of a warm file (its pages
 //! cached: created, read right before, residency counted before and after) for `--seconds`
-//! per path, through six paths:
+//! per path, through seven paths:
 //! - **send**: `send` of one reused buffer, no file at all (the socket's own cost);
 //! - **pread+send**: one `pread` and one `send` per block;
 //! - **batched**: one 512 KiB `pread`, then one `send` of it (what the seeder does with its
@@ -12,7 +12,11 @@
 //!   registered buffers, then one linked chain of `Send`s of them (order kept);
 //! - **ring send_zc**: the same with `SendZc` from the registered buffers (`buf_index`), with
 //!   the kernel asked to report whether it copied (`IORING_SEND_ZC_REPORT_USAGE`): over
-//!   loopback it always copies, so zero-copy gains are not visible here.
+//!   loopback it always copies, so zero-copy gains are not visible here;
+//! - **ring splice**: the same ring, a linked chain of one `Splice` per block from the file into
+//!   a pipe and one `Splice` of the batch from the pipe to the socket (no copy in user space;
+//!   what `seed --send-path splice` does). io_uring runs splices in io-wq workers, so their CPU
+//!   is the process's "rest".
 //!
 //! For each: MB/s (10^6 bytes/s, from the first byte to the receiver's report), and CPU seconds
 //! per GiB of the senders (`getrusage(RUSAGE_THREAD)` summed over the sender threads), of the
@@ -22,7 +26,8 @@
 //! the receive-side TCP work in the sender's context, so "sender CPU" includes it.
 //!
 //! Beside them, in the same invocation on loopback: `iperf3` (one stream), throughput and its
-//! own CPU figures. The **floor** is the cheapest sender CPU per GiB among our paths; the
+//! own CPU figures. The **floor** is the cheapest send cost per GiB among our paths (sender
+//! threads plus the rest of the process, i.e. the io-wq workers of the splice path); the
 //! **ceiling** is the best throughput.
 //!
 //! `--serve ADDR` runs only the receiving end (discard, report CPU per connection) until killed;
@@ -54,7 +59,7 @@ use crate::cli::UsageError;
 /// Arguments of `uring-bt bench net`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchNetArgs {
-    /// Seconds per path (0 < S <= 600); six paths and iperf3 take about 7 x S in all, plus
+    /// Seconds per path (0 < S <= 600); seven paths and iperf3 take about 8 x S in all, plus
     /// creating and warming the file.
     #[arg(long, default_value_t = 3.0)]
     pub seconds: f64,
@@ -116,16 +121,18 @@ pub enum SendPath {
     Sendfile,
     RingSend,
     RingSendZc,
+    RingSplice,
 }
 
 impl SendPath {
-    pub const ALL: [SendPath; 6] = [
+    pub const ALL: [SendPath; 7] = [
         SendPath::Send,
         SendPath::PreadSend,
         SendPath::Batched,
         SendPath::Sendfile,
         SendPath::RingSend,
         SendPath::RingSendZc,
+        SendPath::RingSplice,
     ];
 
     /// The name in JSON.
@@ -137,6 +144,7 @@ impl SendPath {
             SendPath::Sendfile => "sendfile",
             SendPath::RingSend => "ring_send",
             SendPath::RingSendZc => "ring_send_zc",
+            SendPath::RingSplice => "ring_splice",
         }
     }
 
@@ -149,6 +157,7 @@ impl SendPath {
             SendPath::Sendfile => "sendfile per block",
             SendPath::RingSend => "ring: read_fixed + send",
             SendPath::RingSendZc => "ring: read_fixed + send_zc fixed",
+            SendPath::RingSplice => "ring: splice file > pipe > socket",
         }
     }
 }
@@ -353,6 +362,12 @@ impl PathResult {
     pub fn other_cpu_per_gib(&self) -> f64 {
         self.per_gib(self.other_cpu)
     }
+    /// What sending costs: the sender threads and the rest of the process (the io-wq workers
+    /// that run the splice path's splices for them; about 0 for every other path). The floor
+    /// is the cheapest of these.
+    pub fn send_cost_per_gib(&self) -> f64 {
+        self.per_gib(self.sender_cpu + self.other_cpu)
+    }
 }
 
 /// What every sender of a run shares.
@@ -409,6 +424,31 @@ fn sendfile_all(sock: &TcpStream, file: &File, off: u64, len: usize) -> std::io:
     Ok(())
 }
 
+/// A pipe (read end, write end) with room for `bytes` (rounded up to pages): `F_SETPIPE_SZ`.
+pub(crate) fn pipe_sized(
+    bytes: usize,
+) -> anyhow::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is a live array of two ints the kernel fills.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("pipe2");
+    }
+    // SAFETY: pipe2 succeeded: both descriptors are new and owned by nobody else.
+    let (r, w) = unsafe {
+        (
+            std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    let want = bytes.next_multiple_of(4096) as libc::c_int;
+    // SAFETY: fcntl on a descriptor we own; F_SETPIPE_SZ takes an int.
+    if unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, want) } < 0 {
+        return Err(std::io::Error::last_os_error()).context("F_SETPIPE_SZ");
+    }
+    Ok((r, w))
+}
+
 /// A bare ring per sender with two sets of `depth` registered, page-aligned buffers. A batch
 /// reads `depth` blocks with `ReadFixed` from the registered file (slot 0) into one set, waits
 /// for them, then sends them in one linked chain (so the stream keeps their order) on the
@@ -438,6 +478,8 @@ struct RingSender {
     bad: Option<i32>,
     /// A wait failed with operations possibly in flight: the buffers are never freed.
     poisoned: bool,
+    /// The splice path's pipe (read end, write end), registered at slots 2 and 3.
+    pipe: Option<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)>,
 }
 
 /// user_data: bit 32 marks a read, bit 33 a send; bit 16 the set; the low bits the buffer.
@@ -446,7 +488,13 @@ const UD_SEND: u64 = 1 << 33;
 const UD_SET: u64 = 1 << 16;
 
 impl RingSender {
-    fn new(file: &File, sock: &TcpStream, block: u32, depth: usize) -> anyhow::Result<Self> {
+    fn new(
+        file: &File,
+        sock: &TcpStream,
+        block: u32,
+        depth: usize,
+        splice: bool,
+    ) -> anyhow::Result<Self> {
         let depth = depth.clamp(1, MAX_RING_DEPTH);
         let stride = (block as usize).next_multiple_of(4096);
         let layout = std::alloc::Layout::from_size_align(stride * 2 * depth, 4096)?;
@@ -455,7 +503,7 @@ impl RingSender {
         if arena.is_null() {
             bail!("cannot allocate {} bytes of buffers", layout.size());
         }
-        let entries = (depth as u32).next_power_of_two().max(8);
+        let entries = (depth as u32 + 1).next_power_of_two().max(8);
         let ring = match io_uring::IoUring::builder()
             .setup_cqsize(entries * 8)
             .build(entries)
@@ -468,7 +516,7 @@ impl RingSender {
             }
         };
         // From here on `Drop` frees the arena.
-        let this = RingSender {
+        let mut this = RingSender {
             ring,
             arena,
             layout,
@@ -484,6 +532,7 @@ impl RingSender {
             copied: 0,
             bad: None,
             poisoned: false,
+            pipe: None,
         };
         let iov: Vec<libc::iovec> = (0..2 * depth)
             .map(|i| libc::iovec {
@@ -494,10 +543,16 @@ impl RingSender {
         // SAFETY: the iovecs point into the arena, which outlives every operation of the ring
         // (`batch` and `Drop` reap everything submitted before the arena is freed).
         unsafe { this.ring.submitter().register_buffers(&iov) }.context("registering buffers")?;
+        let mut fds = vec![file.as_raw_fd(), sock.as_raw_fd()];
+        if splice {
+            let (r, w) = pipe_sized(block as usize * depth)?;
+            fds.extend([r.as_raw_fd(), w.as_raw_fd()]);
+            this.pipe = Some((r, w));
+        }
         this.ring
             .submitter()
-            .register_files(&[file.as_raw_fd(), sock.as_raw_fd()])
-            .context("registering the file and the socket")?;
+            .register_files(&fds)
+            .context("registering the file, the socket and the pipe")?;
         Ok(this)
     }
 
@@ -634,6 +689,60 @@ impl RingSender {
     }
 }
 
+impl RingSender {
+    /// Sends the blocks at `offs` (at most `depth`) without copying them to user space: one
+    /// linked chain of a `Splice` per block from the registered file into the pipe (slot 3),
+    /// then one `Splice` of the whole batch from the pipe (slot 2) to the socket (slot 1).
+    /// io_uring runs splices in its io-wq workers (never inline), so their CPU is the
+    /// process's "rest", counted with the sender's in the floor.
+    fn splice_batch(&mut self, offs: &[u64]) -> anyhow::Result<()> {
+        let n = offs.len().min(self.depth);
+        if n == 0 || self.pipe.is_none() {
+            return Ok(());
+        }
+        let block = self.block;
+        let total = block * n as u32;
+        {
+            let mut sq = self.ring.submission();
+            for (k, &off) in offs[..n].iter().enumerate() {
+                let e = io_uring::opcode::Splice::new(
+                    io_uring::types::Fixed(0),
+                    off as i64,
+                    io_uring::types::Fixed(3),
+                    -1,
+                    block,
+                )
+                .build()
+                .user_data(UD_READ | k as u64)
+                .flags(io_uring::squeue::Flags::IO_LINK);
+                // SAFETY: a splice names no user memory; the registered file and pipe outlive
+                // it (reaped below before this returns).
+                unsafe { sq.push(&e) }.map_err(|_| anyhow::anyhow!("submission queue full"))?;
+            }
+            let e = io_uring::opcode::Splice::new(
+                io_uring::types::Fixed(2),
+                -1,
+                io_uring::types::Fixed(1),
+                -1,
+                total,
+            )
+            .build()
+            .user_data(UD_SEND);
+            // SAFETY: as above: no user memory; the socket and the pipe outlive the op.
+            unsafe { sq.push(&e) }.map_err(|_| anyhow::anyhow!("submission queue full"))?;
+        }
+        self.reads += n;
+        self.sends += 1;
+        while self.reads + self.sends > 0 {
+            self.wait_and_reap()?;
+        }
+        if let Some(r) = self.bad.take() {
+            bail!("ring splice: {}", std::io::Error::from_raw_os_error(-r));
+        }
+        Ok(())
+    }
+}
+
 impl Drop for RingSender {
     fn drop(&mut self) {
         // Zero-copy notifications may still be due: the kernel holds those buffers until then.
@@ -670,11 +779,12 @@ fn sender(
         _ => random_offsets(plan.file_size, plan.block, OFFSETS, seed),
     };
     let ring = match path {
-        SendPath::RingSend | SendPath::RingSendZc => Some(RingSender::new(
+        SendPath::RingSend | SendPath::RingSendZc | SendPath::RingSplice => Some(RingSender::new(
             plan.file,
             &stream,
             plan.block,
             plan.ring_depth(),
+            path == SendPath::RingSplice,
         )),
         _ => None,
     };
@@ -720,13 +830,17 @@ fn sender(
                 i += 1;
             }
         }
-        SendPath::RingSend | SendPath::RingSendZc => {
+        SendPath::RingSend | SendPath::RingSendZc | SendPath::RingSplice => {
             let r = ring.as_mut().ok_or_else(|| anyhow::anyhow!("no ring"))?;
             let depth = plan.ring_depth();
             while Instant::now() < deadline {
                 let lo = (i * depth) % offsets.len();
                 let hi = (lo + depth).min(offsets.len());
-                r.batch(&offsets[lo..hi], path == SendPath::RingSendZc)?;
+                if path == SendPath::RingSplice {
+                    r.splice_batch(&offsets[lo..hi])?;
+                } else {
+                    r.batch(&offsets[lo..hi], path == SendPath::RingSendZc)?;
+                }
                 i += 1;
             }
         }
@@ -1006,7 +1120,7 @@ impl NetReport {
         self.paths
             .iter()
             .filter(|p| p.ok())
-            .min_by(|a, b| a.sender_cpu_per_gib().total_cmp(&b.sender_cpu_per_gib()))
+            .min_by(|a, b| a.send_cost_per_gib().total_cmp(&b.send_cost_per_gib()))
     }
 
     /// The cheapest sender CPU per GiB among the paths that read the file (all but `send`).
@@ -1014,7 +1128,7 @@ impl NetReport {
         self.paths
             .iter()
             .filter(|p| p.ok() && p.path != SendPath::Send)
-            .min_by(|a, b| a.sender_cpu_per_gib().total_cmp(&b.sender_cpu_per_gib()))
+            .min_by(|a, b| a.send_cost_per_gib().total_cmp(&b.send_cost_per_gib()))
     }
 
     /// The best throughput among the paths that ran.
@@ -1074,10 +1188,10 @@ impl NetReport {
             "resident_pages_after": self.resident_after.0, "pages": self.resident_before.1,
             "paths": paths,
             "floor": floor.map(|p| serde_json::json!({
-                "path": p.path.key(), "sender_cpu_s_per_gib": p.sender_cpu_per_gib(),
+                "path": p.path.key(), "sender_cpu_s_per_gib": p.send_cost_per_gib(),
             })),
             "floor_from_file": self.floor_from_file().map(|p| serde_json::json!({
-                "path": p.path.key(), "sender_cpu_s_per_gib": p.sender_cpu_per_gib(),
+                "path": p.path.key(), "sender_cpu_s_per_gib": p.send_cost_per_gib(),
             })),
             "ceiling": ceiling.map(|p| serde_json::json!({
                 "path": p.path.key(), "mb_per_s": p.mb_per_s(),
@@ -1085,7 +1199,7 @@ impl NetReport {
             "iperf3": iperf3,
             "iperf3_error": self.iperf3.as_ref().err(),
             "ceiling_vs_iperf3": ceiling.zip(ip).map(|(c, i)| c.mb_per_s() / i.mb_per_s),
-            "floor_vs_iperf3": floor.zip(ip).map(|(f, i)| f.sender_cpu_per_gib() / i.sender_cpu_per_gib()),
+            "floor_vs_iperf3": floor.zip(ip).map(|(f, i)| f.send_cost_per_gib() / i.sender_cpu_per_gib()),
         })
     }
 
@@ -1150,13 +1264,13 @@ impl NetReport {
         if let Some(f) = self.floor() {
             s.push_str(&format!(
                 "floor: {:.3} sender CPU-s per GiB ({})",
-                f.sender_cpu_per_gib(),
+                f.send_cost_per_gib(),
                 f.path.what()
             ));
             if let Some(i) = ip {
                 s.push_str(&format!(
                     ", {:.2} x iperf3's",
-                    f.sender_cpu_per_gib() / i.sender_cpu_per_gib()
+                    f.send_cost_per_gib() / i.sender_cpu_per_gib()
                 ));
             }
             s.push('\n');
@@ -1164,7 +1278,7 @@ impl NetReport {
         if let Some(f) = self.floor_from_file() {
             s.push_str(&format!(
                 "floor from the file: {:.3} sender CPU-s per GiB ({})\n",
-                f.sender_cpu_per_gib(),
+                f.send_cost_per_gib(),
                 f.path.what()
             ));
         }

@@ -84,6 +84,9 @@ pub struct BenchSwarmArgs {
     /// lives in a new subdirectory, removed afterwards.
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// The seeder's `--send-path` (copy or splice).
+    #[arg(long, value_enum, default_value_t = crate::cli::seed::SendPathArg::Copy)]
+    pub send_path: crate::cli::seed::SendPathArg,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -166,6 +169,7 @@ impl Seeder {
         shards: usize,
         upload_slots: usize,
         size: u64,
+        send_path: crate::cli::seed::SendPathArg,
     ) -> anyhow::Result<Seeder> {
         let exe = std::env::current_exe().context("cannot find our own binary")?;
         let log_file = File::create(log).with_context(|| format!("creating {}", log.display()))?;
@@ -177,6 +181,13 @@ impl Seeder {
             .args(["--listen", "127.0.0.1:0", "--no-announce", "--no-resume"])
             .args(["--shards", &shards.to_string()])
             .args(["--upload-slots", &upload_slots.to_string()])
+            .args([
+                "--send-path",
+                match send_path {
+                    crate::cli::seed::SendPathArg::Copy => "copy",
+                    crate::cli::seed::SendPathArg::Splice => "splice",
+                },
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log_file))
@@ -638,10 +649,10 @@ impl NetFigures {
         NetFigures {
             seconds_per_path: n.seconds,
             ceiling: n.ceiling().map(|p| (p.path.key(), p.mb_per_s())),
-            floor: n.floor().map(|p| (p.path.key(), p.sender_cpu_per_gib())),
+            floor: n.floor().map(|p| (p.path.key(), p.send_cost_per_gib())),
             floor_from_file: n
                 .floor_from_file()
-                .map(|p| (p.path.key(), p.sender_cpu_per_gib())),
+                .map(|p| (p.path.key(), p.send_cost_per_gib())),
             json: n.json(),
         }
     }
@@ -651,6 +662,8 @@ impl NetFigures {
 #[derive(Debug, Clone)]
 pub struct SwarmReport {
     pub peers: usize,
+    /// The seeder's `--send-path`.
+    pub send_path: &'static str,
     pub shards: usize,
     pub upload_slots: usize,
     pub pipeline: u32,
@@ -736,6 +749,7 @@ impl SwarmReport {
         };
         serde_json::json!({
             "peers": self.peers, "shards": self.shards, "upload_slots": self.upload_slots,
+            "send_path": self.send_path,
             "pipeline": self.pipeline, "sample_every": self.sample_every,
             "seeder_addr": self.seeder_addr.to_string(), "seeder_pid": self.seeder_pid,
             "file": self.file.display().to_string(), "fs": self.fs, "size": self.size,
@@ -1042,6 +1056,7 @@ pub fn measure(
         shards,
         upload_slots,
         meta.total_length,
+        args.send_path,
     )?;
     progress(&format!("swarm: warming {}", path.display()));
     warm(&path)?;
@@ -1138,6 +1153,10 @@ pub fn measure(
     drop(seeder);
     drop(scratch);
     Ok(SwarmReport {
+        send_path: match args.send_path {
+            crate::cli::seed::SendPathArg::Copy => "copy",
+            crate::cli::seed::SendPathArg::Splice => "splice",
+        },
         peers: args.peers,
         shards,
         upload_slots,
@@ -1199,6 +1218,7 @@ mod tests {
             sample_every: 64,
             net_seconds: 0.2,
             dir: None,
+            send_path: crate::cli::seed::SendPathArg::Copy,
             json: false,
         }
     }

@@ -354,6 +354,7 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<ExitCode> {
             batch: 32,
             coalesce: 32,
             max_half_open: 16,
+            splice_pipes: 0,
             download: DownloadConfig {
                 snub_timeout: Duration::from_secs(args.snub_timeout),
                 max_rate: args.max_download_rate,

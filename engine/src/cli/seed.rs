@@ -34,6 +34,15 @@ use crate::server::shard;
 use crate::server::state::ShardConfig;
 use crate::torrent::check::{check_or_resume, default_state_dir, save_resume};
 
+/// `--send-path`: how blocks reach the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SendPathArg {
+    /// Read into the pool's registered buffers, then `writev` them.
+    Copy,
+    /// Splice page-cache pages to the socket through a pipe.
+    Splice,
+}
+
 /// Arguments of `uring-bt seed`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
@@ -121,6 +130,16 @@ pub struct SeedArgs {
     /// Contiguous requested blocks of a batch read with one vectored read (1: a read per block).
     #[arg(long, default_value_t = 32, value_name = "N")]
     pub coalesce: usize,
+    /// How blocks reach the socket: `copy` reads them into the pool's registered buffers and
+    /// sends those (the default: the cheaper path on this project's measurements); `splice`
+    /// moves page-cache pages to the socket through a pipe, no copy in user space (io-wq
+    /// workers do the splices). See docs/benchmarks.md, "Send paths".
+    #[arg(long, value_enum, default_value_t = SendPathArg::Copy, value_name = "PATH")]
+    pub send_path: SendPathArg,
+    /// Pipes per shard for `--send-path splice` (two descriptors each; a batch holds one while
+    /// it is sent).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub splice_pipes: usize,
     /// Trust the data instead of checking it first; each piece is then verified the first time it
     /// is served, and a piece that fails is never sent.
     #[arg(long)]
@@ -289,6 +308,9 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     if args.batch == 0 || args.batch > 64 {
         return Err(usage("--batch must be between 1 and 64"));
     }
+    if args.splice_pipes == 0 || args.splice_pipes > 1024 {
+        return Err(usage("--splice-pipes must be between 1 and 1024"));
+    }
     if args.coalesce == 0 || args.coalesce > 64 {
         return Err(usage("--coalesce must be between 1 and 64"));
     }
@@ -319,9 +341,18 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     crate::cli::common::check_tracker_urls(&args.trackers)?;
     let nofile = raise_nofile();
     // Refusing --shards/--max-open-files under the open-file limit is a usage error too.
-    let (max_peers, files_per_shard) =
-        fd_budget(nofile, shards, args.max_peers, args.max_open_files)
-            .map_err(|e| usage(format_args!("{e:#}")))?;
+    // The splice path's pipes take two descriptors each, off the top.
+    let pipe_fds = match args.send_path {
+        SendPathArg::Copy => 0,
+        SendPathArg::Splice => 2 * args.splice_pipes as u64 * shards as u64,
+    };
+    let (max_peers, files_per_shard) = fd_budget(
+        nofile.saturating_sub(pipe_fds),
+        shards,
+        args.max_peers,
+        args.max_open_files,
+    )
+    .map_err(|e| usage(format_args!("{e:#}")))?;
     // io_uring refused, or no locked memory for a ring: say so now, not after the data check.
     probe_io_uring().map_err(anyhow::Error::msg)?;
     // The CPUs shards are pinned to: those this process may use (`taskset`, a cgroup cpuset),
@@ -417,6 +448,10 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
             batch: args.batch,
             coalesce: args.coalesce,
             max_half_open: 16,
+            splice_pipes: match args.send_path {
+                SendPathArg::Copy => 0,
+                SendPathArg::Splice => args.splice_pipes,
+            },
             download: Default::default(),
         };
         shard_plans.push((cfg, listener));

@@ -701,6 +701,14 @@ async fn writer(
                 res.map_err(|e| format!("write: {e}"))?;
             }
             if !reqs.is_empty() {
+                if let Some(pipes) = shard.pipes.as_ref() {
+                    // Splicing: one batch at a time, straight from the page cache.
+                    crate::server::splice::send_spliced(
+                        &shard, pipes, key, &torrent, &stream, &mut reqs, &wake,
+                    )
+                    .await?;
+                    continue;
+                }
                 let next = read_batch(&shard, key, &torrent, &mut reqs, sending.is_some(), &wake);
                 let ready = match sending.take() {
                     Some(s) => {
@@ -764,7 +772,7 @@ async fn join2<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
     }
 }
 
-fn mark_writing(shard: &Shard, key: usize, on: bool) {
+pub(crate) fn mark_writing(shard: &Shard, key: usize, on: bool) {
     if let Some(slot) = shard.peers.borrow_mut().get_mut(key) {
         let now = Instant::now();
         if on {
@@ -798,6 +806,19 @@ async fn send_batch(
     }
     drop(frames); // buffers return to the pool here
     mark_writing(shard, key, false);
+    account_sent(shard, key, torrent, payload, served);
+    Ok(())
+}
+
+/// Counts a batch that reached the socket: the torrent's and the peer's upload, and each
+/// request served in the peer's session.
+pub(crate) fn account_sent(
+    shard: &Shard,
+    key: usize,
+    torrent: &Torrent,
+    payload: u64,
+    served: Vec<BlockRef>,
+) {
     torrent
         .stats
         .uploaded
@@ -812,7 +833,6 @@ async fn send_batch(
             slot.session.on_served(r);
         }
     }
-    Ok(())
 }
 
 /// Finishes a short writev: skips what was written and writes the rest frame by frame.

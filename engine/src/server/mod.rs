@@ -9,6 +9,7 @@
 //! - [`registry`]: the torrents every shard serves (atomic piece bits, counters).
 //! - [`state`]: a shard's state, its configuration, and one peer's slot.
 //! - [`serve`]: reading a batch of requested blocks into pool buffers through a `BlockStore`.
+//! - [`splice`]: the splice send path (page cache to socket through a pipe, no copy).
 //! - [`conn`]: the connection driver: the reader and writer tasks of one peer.
 //! - [`shard`]: shard threads, listeners, accept loop, housekeeping ticker.
 //! - [`limits`]: process resource limits (descriptors, locked memory) and how they are split.
@@ -21,4 +22,5 @@ pub mod limits;
 pub mod registry;
 pub mod serve;
 pub mod shard;
+pub mod splice;
 pub mod state;

@@ -519,6 +519,8 @@ pub struct ServerStats {
     /// Data files opened into, and evicted from, the shards' registered-file tables.
     pub file_opens: AtomicU64,
     pub file_evictions: AtomicU64,
+    /// Blocks sent by the splice path (`--send-path splice`).
+    pub blocks_spliced: AtomicU64,
     /// Shard events the control plane's channel had no room for.
     pub events_dropped: AtomicU64,
     /// Outgoing connections: attempted, and those whose handshake completed.
@@ -539,6 +541,7 @@ impl Default for ServerStats {
             accept_errors: AtomicU64::new(0),
             file_opens: AtomicU64::new(0),
             file_evictions: AtomicU64::new(0),
+            blocks_spliced: AtomicU64::new(0),
             events_dropped: AtomicU64::new(0),
             dials: AtomicU64::new(0),
             dials_connected: AtomicU64::new(0),
@@ -553,14 +556,15 @@ impl ServerStats {
         let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
         format!(
             "server: {} connections accepted, {} refused (full), {} accept errors; {} dials, {} \
-             connected; data files opened {} times, evicted {} times",
+             connected; data files opened {} times, evicted {} times; {} blocks spliced",
             l(&self.accepted),
             l(&self.refused_full),
             l(&self.accept_errors),
             l(&self.dials),
             l(&self.dials_connected),
             l(&self.file_opens),
-            l(&self.file_evictions)
+            l(&self.file_evictions),
+            l(&self.blocks_spliced)
         )
     }
 }

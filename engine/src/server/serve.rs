@@ -75,9 +75,38 @@ async fn ensure_verified(shard: &Shard, torrent: &Torrent, p: u32) -> bool {
     }
 }
 
+/// Refuses the requests of `reqs` that may not be served (removing them) and verifies lazily
+/// what was not checked up front. Returns the torrent's store id, or `None` when nothing is
+/// left to serve.
+pub async fn admit(
+    shard: &Shard,
+    key: usize,
+    torrent: &Torrent,
+    reqs: &mut Vec<BlockRef>,
+) -> Option<TorrentId> {
+    // A connection is attached only to a torrent its shard has synced: never missing.
+    let Some(tid) = shard.tid(torrent.index) else {
+        for r in reqs.drain(..) {
+            refuse(shard, key, torrent, r);
+        }
+        return None;
+    };
+    let mut i = 0;
+    while i < reqs.len() {
+        let r = reqs[i];
+        if !torrent.can_serve(r.piece) || !ensure_verified(shard, torrent, r.piece).await {
+            refuse(shard, key, torrent, r);
+            reqs.swap_remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    (!reqs.is_empty()).then_some(tid)
+}
+
 /// Waits for a pool buffer, or returns `None` once the connection is closing. Dropping the
 /// pool's `Take` is safe: a wake it was handed passes on to the next waiter.
-async fn first_buffer(shard: &Rc<Shard>, key: usize, wake: &Notify) -> Option<PoolBuf> {
+pub(crate) async fn first_buffer(shard: &Rc<Shard>, key: usize, wake: &Notify) -> Option<PoolBuf> {
     let closing = || shard.peers.borrow().get(key).is_none_or(|s| s.closing);
     if closing() {
         return None;
@@ -134,27 +163,9 @@ pub async fn read_batch(
         served: Vec::with_capacity(reqs.len()),
         payload: 0,
     };
-    // A connection is attached only to a torrent its shard has synced: never missing.
-    let Some(tid) = shard.tid(torrent.index) else {
-        for r in reqs.drain(..) {
-            refuse(shard, key, torrent, r);
-        }
+    let Some(tid) = admit(shard, key, torrent, reqs).await else {
         return ready;
     };
-    // Refuse what we may not send; verify lazily what was not checked up front.
-    let mut i = 0;
-    while i < reqs.len() {
-        let r = reqs[i];
-        if !torrent.can_serve(r.piece) || !ensure_verified(shard, torrent, r.piece).await {
-            refuse(shard, key, torrent, r);
-            reqs.swap_remove(i);
-        } else {
-            i += 1;
-        }
-    }
-    if reqs.is_empty() {
-        return ready;
-    }
     let mut bufs = Vec::with_capacity(reqs.len());
     if ahead {
         let reserve = shard.pool.capacity() / 2;

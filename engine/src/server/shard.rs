@@ -219,6 +219,8 @@ async fn run(
         stopping: std::cell::Cell::new(false),
         accept_ended: std::cell::Cell::new(false),
         test_panic,
+        pipes: (cfg.splice_pipes > 0)
+            .then(|| crate::server::splice::PipePool::new(cfg.splice_pipes)),
         cfg,
         registry,
         pool,

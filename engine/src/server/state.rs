@@ -49,6 +49,8 @@ pub struct ShardConfig {
     pub batch: usize,
     /// Most contiguous blocks read with one vectored read.
     pub coalesce: usize,
+    /// Pipes of the splice send path (`--send-path splice`); 0: the copy path.
+    pub splice_pipes: usize,
     /// Outgoing connections this shard sets up at once (connect + handshake).
     pub max_half_open: usize,
     /// The download side's settings (pipelines, snubbing, rate limit, bans).
@@ -196,6 +198,8 @@ pub struct Shard {
     pub published: Cell<(u64, u64)>,
     /// The downloads this shard is home to, by registry index.
     pub downloads: RefCell<std::collections::HashMap<usize, crate::server::download::Download>>,
+    /// The splice send path's pipes (`None`: blocks are read into pool buffers and copied).
+    pub pipes: Option<crate::server::splice::PipePool>,
 }
 
 /// What a shard tells the control plane about connections (for the dialer's peer list and

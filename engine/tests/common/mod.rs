@@ -892,6 +892,16 @@ pub fn seeder_cmd(
 /// `uring-bt seed <torrents> --data <data> --listen 127.0.0.1:0`, optionally under an
 /// RLIMIT_NOFILE cap (soft and hard) set in the child before exec.
 pub fn spawn_our_seeder(torrents: &[&Path], data: &Path, nofile: Option<u64>) -> Seeder {
+    spawn_our_seeder_with(torrents, data, nofile, &[])
+}
+
+/// [`spawn_our_seeder`] with more arguments for `uring-bt seed`.
+pub fn spawn_our_seeder_with(
+    torrents: &[&Path],
+    data: &Path,
+    nofile: Option<u64>,
+    extra: &[&str],
+) -> Seeder {
     let mut cmd = Command::new(bin());
     cmd.arg("seed");
     for t in torrents {
@@ -902,7 +912,8 @@ pub fn spawn_our_seeder(torrents: &[&Path], data: &Path, nofile: Option<u64>) ->
         .arg("--listen")
         .arg("127.0.0.1:0")
         // Tests leave nothing behind in the user's state directory.
-        .arg("--no-resume");
+        .arg("--no-resume")
+        .args(extra);
     cmd.env("RUST_BACKTRACE", "1");
     // Each peer's disconnect and its reason end up in the logs a failing test prints.
     cmd.env("RUST_LOG", "uring_bt=debug");
