@@ -27,6 +27,8 @@ usage: /usr/bin/python3 benches/compare_seeders.py [--size-mib 2048] [--piece-ki
 
 A smoke test: --size-mib 64. uring-bt is included when its release binary exists
 (cargo build --release); name it in --seeders to require it. Optional seeder: qbittorrent.
+rqbit (engine/tests/clients/rqbit_seed.py) joins the default seeders when it is installed
+(`cargo install rqbit --locked`, on PATH or in ~/.cargo/bin).
 """
 import argparse
 import json
@@ -45,7 +47,13 @@ PYTHON = "/usr/bin/python3"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
 GIB = 1024 * MIB
-ALL_SEEDERS = ["uring-bt", "libtorrent", "rtorrent", "aria2", "qbittorrent"]
+ALL_SEEDERS = ["uring-bt", "libtorrent", "rtorrent", "aria2", "qbittorrent", "rqbit"]
+
+
+def rqbit_exe():
+    """rqbit on PATH or where `cargo install` puts it, or None."""
+    exe = shutil.which("rqbit") or os.path.expanduser("~/.cargo/bin/rqbit")
+    return exe if os.access(exe, os.X_OK) else None
 children = []  # every Popen we started: killed by process group at exit
 scratch = []  # directories in RAM (tmpfs) removed at exit, whatever happened
 
@@ -255,6 +263,9 @@ def seeder_cmd(kind, args, torrent, data, workdir):
     if kind == "qbittorrent":
         return [PYTHON, os.path.join(CLIENTS, "qbt_client.py"), "seed", torrent, "--data", data,
                 "--listen", listen, "--workdir", workdir]
+    if kind == "rqbit":
+        return [PYTHON, os.path.join(CLIENTS, "rqbit_seed.py"), torrent, "--data", data,
+                "--listen", listen, "--workdir", workdir]
     raise ValueError(kind)
 
 
@@ -396,7 +407,8 @@ def versions():
     except (OSError, subprocess.TimeoutExpired):
         pass
     for name, cmd in (("rtorrent", ["rtorrent", "-h"]), ("aria2", ["aria2c", "--version"]),
-                      ("qbittorrent", ["qbittorrent-nox", "--version"])):
+                      ("qbittorrent", ["qbittorrent-nox", "--version"]),
+                      ("rqbit", [rqbit_exe() or "rqbit", "--version"])):
         if shutil.which(cmd[0]):
             try:
                 out = subprocess.run(cmd, capture_output=True, text=True, timeout=30).stdout
@@ -413,7 +425,7 @@ def main():
     ap.add_argument("--leechers", type=int, default=4)
     ap.add_argument("--seeders", default=None,
                     help="comma list out of %s (default: uring-bt if built, libtorrent, rtorrent, "
-                         "aria2)" % ",".join(ALL_SEEDERS))
+                         "aria2, rqbit if installed)" % ",".join(ALL_SEEDERS))
     ap.add_argument("--runs", type=int, default=1, help="rounds; each runs every seeder once, in rotated order")
     ap.add_argument("--dir", default="/var/tmp/uring-bt-compare")
     ap.add_argument("--leech-dir", default=None,
@@ -450,6 +462,10 @@ def main():
             die("%s is not built: cargo build --release (or pass --uring-bt)" % args.uring_bt)
     else:
         seeders = ["libtorrent", "rtorrent", "aria2"]
+        if rqbit_exe():
+            seeders.append("rqbit")
+        else:
+            log("rqbit not installed (cargo install rqbit --locked): leaving it out")
         if os.access(args.uring_bt, os.X_OK):
             seeders.insert(0, "uring-bt")
         else:
@@ -458,6 +474,8 @@ def main():
     for s in seeders:
         if s in need and not shutil.which(need[s]):
             die("%s is not installed" % need[s])
+        if s == "rqbit" and not rqbit_exe():
+            die("rqbit is not installed (cargo install rqbit --locked)")
     for tool in ("fincore",):
         if not shutil.which(tool):
             die("%s is not installed (util-linux)" % tool)

@@ -103,7 +103,8 @@ fn a_small_swarm_is_served_and_checked() {
         "floor from file",
     );
     assert!(v["net_ceiling"]["path"].is_string() && v["net_floor"]["path"].is_string());
-    assert!(v["net"]["paths"].as_array().is_some_and(|p| p.len() == 6));
+    assert!(v["net"]["paths"].as_array().is_some_and(|p| p.len() == 7));
+    assert_eq!(v["send_path"], "copy");
     let r = positive(&v["throughput_vs_ceiling"], "vs ceiling");
     let ceiling = num(&v["net_ceiling"]["mb_per_s"], "ceiling");
     assert!((r - mb / ceiling).abs() < 1e-9, "{v}");
@@ -130,6 +131,23 @@ fn a_small_swarm_is_served_and_checked() {
     );
     // Progress went to stderr.
     assert!(err.contains("swarm: measuring"), "{err}");
+}
+
+/// The same swarm against `seed --send-path splice`: every sampled block right, and the
+/// seeder's pipes among its descriptors.
+#[test]
+fn a_small_swarm_through_the_splice_path_is_served_and_checked() {
+    let mut args = SMALL.to_vec();
+    args.extend(["--send-path", "splice", "--json"]);
+    let o = run(&args, None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    let v: Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["send_path"], "splice", "{v}");
+    assert_eq!(v["mismatches"], 0);
+    assert!(positive(&v["samples_checked"], "samples") >= 1.0);
+    positive(&v["mb_per_s"], "mb_per_s");
+    positive(&v["seeder"]["cpu_s_per_gib"], "seeder cpu per GiB");
 }
 
 #[test]

@@ -448,6 +448,10 @@ fn seed_usage_errors_exit_2_with_one_line() {
             "--coalesce must be between 1 and 64",
         ),
         (
+            &[t, "--data", data, "--splice-pipes", "0"],
+            "--splice-pipes must be between 1 and 1024",
+        ),
+        (
             &[t, "--data", data, "--control-queue", "10"],
             "--control-queue must be between 64 and 16777216 bytes",
         ),
