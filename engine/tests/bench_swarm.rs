@@ -3,7 +3,8 @@
 //! sampled blocks all matched, the seeder is gone and the scratch directory removed afterwards.
 //! A byte flipped in the generated data before the torrent is made (the test-only switch
 //! `URING_BT_TEST_SWARM_CORRUPT`: the seeder's hashes agree with it, so it serves it) must fail
-//! the run with exit 1, naming the block. Bad arguments exit 2. Loopback only; the runs take
+//! the run with exit 1, naming the block. `--against` a real libtorrent seeder checks the
+//! blocks against the file instead. Bad arguments exit 2. Loopback only; the runs take
 //! turns (a lock), so that they do not take each other's cores.
 
 mod common;
@@ -172,6 +173,77 @@ fn a_wrong_block_fails_the_run_and_is_named() {
     );
 }
 
+/// `bench swarm --against` a real seeder (python-libtorrent, its own 127.0.0.x): our peers are
+/// unchoked and served by it, every sampled block equals the file, and the seeder's figures
+/// come from its process. The same run checked against a copy of the file with one byte
+/// flipped fails with exit 1, naming the block.
+#[test]
+fn against_a_libtorrent_seeder_blocks_are_checked_against_the_file() {
+    let case = common::single_case(8, 0x5EED_0014);
+    let seeder = common::spawn_lt_seeder(&[&case.torrent], &case.data, common::unique_ip());
+    let (addr, pid) = (seeder.addr.to_string(), seeder.proc.pid().to_string());
+    let torrent = case.torrent.to_str().expect("utf-8 path");
+    let against = |data: &std::path::Path| {
+        let data = data.to_str().expect("utf-8 path");
+        run(
+            &[
+                "bench",
+                "swarm",
+                "--against",
+                &addr,
+                "--torrent",
+                torrent,
+                "--data",
+                data,
+                "--seeder-pid",
+                &pid,
+                "--peers",
+                "3",
+                "--duration",
+                "2",
+                "--warmup",
+                "0.5",
+                "--sample-every",
+                "1",
+                "--no-net",
+                "--json",
+            ],
+            None,
+        )
+    };
+    let o = against(&case.data);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}\n{}", seeder.proc.logs());
+    let v: Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+    assert_eq!(v["seeder_kind"], "external", "{v}");
+    assert_eq!(v["seeder_pid"].as_u64(), Some(u64::from(seeder.proc.pid())));
+    assert!(num(&v["unchoked"], "unchoked") >= 1.0, "{v}");
+    assert_eq!(v["mismatches"], 0);
+    // Every block received is checked (--sample-every 1): at least the whole file once.
+    let blocks = (8 * common::MIB + 777).div_ceil(16_384) as f64;
+    assert!(positive(&v["samples_checked"], "samples") >= blocks, "{v}");
+    positive(&v["mb_per_s"], "mb_per_s");
+    positive(&v["seeder"]["cpu_s_per_gib"], "seeder cpu per GiB");
+    positive(&v["seeder"]["peak_rss_kib"], "seeder peak RSS");
+    assert!(v["net_ceiling"].is_null(), "--no-net: {v}");
+
+    // A reference that differs from what the seeder serves in one byte of block 5.
+    let wrong = case.dir.path().join("wrong");
+    std::fs::create_dir_all(&wrong).unwrap();
+    std::fs::copy(case.content(), wrong.join(&case.name)).unwrap();
+    let offset = 5 * 16_384 + 3;
+    common::flip_byte(&wrong.join(&case.name), offset);
+    let o = against(&wrong);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("block 5 (piece 0, begin 81920") && err.contains(&format!("offset {offset}")),
+        "{err}"
+    );
+    assert!(!err.contains("panic"), "{err}");
+    assert!(o.stdout.is_empty());
+}
+
 #[test]
 fn bad_arguments_exit_2() {
     for args in [
@@ -183,6 +255,20 @@ fn bad_arguments_exit_2() {
         &["bench", "swarm", "--pipeline", "0"],
         &["bench", "swarm", "--sample-every", "0"],
         &["bench", "swarm", "--dir", "/nonexistent/dir"],
+        &["bench", "swarm", "--against", "127.0.0.1:6881"],
+        &[
+            "bench",
+            "swarm",
+            "--against",
+            "192.0.2.1:6881",
+            "--torrent",
+            "t",
+            "--data",
+            "d",
+            "--seeder-pid",
+            "1",
+        ],
+        &["bench", "swarm", "--seeder-pid", "1"],
     ] {
         let o = run(args, None);
         let err = String::from_utf8_lossy(&o.stderr);

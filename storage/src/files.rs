@@ -321,7 +321,71 @@ pub fn check_relative(rel: &Path) -> bool {
     any
 }
 
+/// Set once openat2 answered ENOSYS (a kernel before 5.6, or valgrind, which lacks it): from
+/// then on every open walks its path with [`openat_nofollow`].
+static NO_OPENAT2: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Opens `rel` beneath `dirfd` with `RESOLVE_BENEATH`, or, without openat2, one component at a
+/// time following no symlink at all (stricter: a symlink inside the root is refused too).
 fn openat2(dirfd: RawFd, rel: &CString, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
+    use std::sync::atomic::Ordering;
+    if !NO_OPENAT2.load(Ordering::Relaxed) {
+        match openat2_beneath(dirfd, rel, flags, mode) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOSYS) => {
+                NO_OPENAT2.store(true, Ordering::Relaxed);
+                tracing::warn!("openat2 is not available: paths are opened refusing every symlink");
+            }
+            r => return r,
+        }
+    }
+    openat_nofollow(dirfd, rel, flags, mode)
+}
+
+/// The fallback of [`openat2`]: every directory of `rel` opened with `O_PATH | O_DIRECTORY |
+/// O_NOFOLLOW` relative to the one before (a symlink there is `ENOTDIR`), the last component
+/// with `O_NOFOLLOW` (`ELOOP` for a symlink); `..` and absolute paths are `EXDEV`, as
+/// `RESOLVE_BENEATH` answers them.
+fn openat_nofollow(dirfd: RawFd, rel: &CString, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
+    let bytes = rel.as_bytes();
+    if bytes.first() == Some(&b'/') {
+        return Err(std::io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    let parts: Vec<&[u8]> = bytes
+        .split(|&b| b == b'/')
+        .filter(|p| !p.is_empty() && *p != b".")
+        .collect();
+    if parts.is_empty() || parts.iter().any(|p| *p == b"..") {
+        return Err(std::io::Error::from_raw_os_error(libc::EXDEV));
+    }
+    let mut cur: Option<OwnedFd> = None;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let f = if last {
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC
+        } else {
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC
+        };
+        // A part of a CString holds no NUL.
+        let c = CString::new(*part).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        let at = cur.as_ref().map_or(dirfd, |d| d.as_raw_fd());
+        let fd = loop {
+            // SAFETY: `c` is NUL-terminated; openat returns a new descriptor or -1.
+            let r = unsafe { libc::openat(at, c.as_ptr(), f, mode as libc::c_uint) };
+            if r >= 0 {
+                break r;
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINTR) {
+                return Err(e);
+            }
+        };
+        // SAFETY: openat returned a new descriptor that nothing else owns.
+        cur = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    cur.ok_or_else(|| std::io::Error::from_raw_os_error(libc::EXDEV))
+}
+
+fn openat2_beneath(dirfd: RawFd, rel: &CString, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: open_how is plain old data; zero is a valid value of every field.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
     how.flags = (flags | libc::O_CLOEXEC) as u64;
@@ -513,6 +577,62 @@ mod tests {
 
     fn devnull() -> OwnedFd {
         std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn without_openat2_paths_are_walked_refusing_every_symlink() {
+        let base = std::env::temp_dir().join(format!("ubt-nofollow-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let root = base.join("root");
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::write(root.join("a/b/f.bin"), b"inside").unwrap();
+        std::fs::write(base.join("secret"), b"outside").unwrap();
+        symlink(base.join("secret"), root.join("a/leak")).unwrap();
+        symlink(&base, root.join("up")).unwrap();
+        let rfd = open_root(&root).unwrap();
+        let c = |p: &str| CString::new(p).unwrap();
+        let open = |p: &str| openat_nofollow(rfd.as_raw_fd(), &c(p), libc::O_RDONLY, 0);
+        let fd = open("./a//b/f.bin").unwrap();
+        let mut f = std::fs::File::from(fd);
+        let mut got = String::new();
+        std::io::Read::read_to_string(&mut f, &mut got).unwrap();
+        assert_eq!(got, "inside");
+        assert_eq!(
+            open("a/leak").unwrap_err().raw_os_error(),
+            Some(libc::ELOOP)
+        );
+        assert_eq!(
+            open("up/secret").unwrap_err().raw_os_error(),
+            Some(libc::ENOTDIR)
+        );
+        assert_eq!(
+            open("a/../../secret").unwrap_err().raw_os_error(),
+            Some(libc::EXDEV)
+        );
+        assert_eq!(
+            open("/etc/passwd").unwrap_err().raw_os_error(),
+            Some(libc::EXDEV)
+        );
+        assert_eq!(
+            open("a/missing").unwrap_err().raw_os_error(),
+            Some(libc::ENOENT)
+        );
+        // Directories along the way, as make_dirs opens them.
+        assert!(openat_nofollow(
+            rfd.as_raw_fd(),
+            &c("a"),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0
+        )
+        .is_ok());
+        assert!(openat_nofollow(
+            rfd.as_raw_fd(),
+            &c("up"),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0
+        )
+        .is_err());
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

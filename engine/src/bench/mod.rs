@@ -268,6 +268,11 @@ pub fn run_all(args: BenchAllArgs) -> anyhow::Result<ExitCode> {
         net_seconds: secs,
         dir: args.dir.clone(),
         send_path: crate::cli::seed::SendPathArg::Copy,
+        against: None,
+        torrent: None,
+        data: None,
+        seeder_pid: None,
+        no_net: false,
         json: args.json,
     };
     say(&format!(

@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use uring_bt_proto::metainfo::Metainfo;
 use uring_bt_proto::wire::{self, BlockRef, Handshake, Message, BLOCK_SIZE};
 
 use super::disk::{ensure_file, pattern, residency, warm, PATTERN_LEN};
@@ -87,6 +88,25 @@ pub struct BenchSwarmArgs {
     /// The seeder's `--send-path` (copy or splice).
     #[arg(long, value_enum, default_value_t = crate::cli::seed::SendPathArg::Copy)]
     pub send_path: crate::cli::seed::SendPathArg,
+    /// Measure another seeder instead of starting `uring-bt seed`: the address it listens on
+    /// (loopback only). Needs --torrent, --data and --seeder-pid; no data file is made, and
+    /// peers it keeps choked wait (they do not fail the run).
+    #[arg(long, value_name = "ADDR")]
+    pub against: Option<SocketAddr>,
+    /// With --against: the single-file torrent that seeder serves.
+    #[arg(long, value_name = "FILE")]
+    pub torrent: Option<PathBuf>,
+    /// With --against: the torrent's data (its file, or the directory holding it): the sampled
+    /// blocks are checked against it.
+    #[arg(long, value_name = "PATH")]
+    pub data: Option<PathBuf>,
+    /// With --against: the process that serves (its CPU, peak RSS and descriptors are
+    /// measured).
+    #[arg(long, value_name = "PID")]
+    pub seeder_pid: Option<u32>,
+    /// Skip bench net (the swarm's figures are then printed without its ceiling and floor).
+    #[arg(long)]
+    pub no_net: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -144,6 +164,24 @@ pub fn check_args(args: &BenchSwarmArgs) -> anyhow::Result<()> {
             return Err(UsageError(format!("--dir {}: not a directory", d.display())).into());
         }
     }
+    match args.against {
+        Some(a) => {
+            if !a.ip().is_loopback() {
+                return usage("--against must be a loopback address (127.0.0.0/8 or ::1)");
+            }
+            if args.torrent.is_none() || args.data.is_none() || args.seeder_pid.is_none() {
+                return usage("--against needs --torrent, --data and --seeder-pid");
+            }
+            if args.seeder_pid == Some(0) {
+                return usage("--seeder-pid must be a process id");
+            }
+        }
+        None => {
+            if args.torrent.is_some() || args.data.is_some() || args.seeder_pid.is_some() {
+                return usage("--torrent, --data and --seeder-pid go with --against");
+            }
+        }
+    }
     Ok(())
 }
 
@@ -153,10 +191,11 @@ pub fn check_args(args: &BenchSwarmArgs) -> anyhow::Result<()> {
 
 /// The running seeder; killed (by its PID) and reaped when dropped, on every path.
 struct Seeder {
-    child: KillOnDrop,
+    /// None for a seeder of `--against` (not ours to stop).
+    child: Option<KillOnDrop>,
     pid: u32,
     addr: SocketAddr,
-    log: PathBuf,
+    log: Option<PathBuf>,
     shards: usize,
     upload_slots: usize,
 }
@@ -247,20 +286,44 @@ impl Seeder {
             }
         };
         Ok(Seeder {
-            child: guard,
+            child: Some(guard),
             pid,
             addr,
-            log: log.to_path_buf(),
+            log: Some(log.to_path_buf()),
             shards,
             upload_slots,
         })
     }
 
+    /// Another seeder (`--against`): watched through /proc, never stopped by us.
+    fn external(addr: SocketAddr, pid: u32) -> anyhow::Result<Seeder> {
+        let s = Seeder {
+            child: None,
+            pid,
+            addr,
+            log: None,
+            shards: 0,
+            upload_slots: 0,
+        };
+        s.cpu()
+            .with_context(|| format!("--seeder-pid {pid}: no such process"))?;
+        Ok(s)
+    }
+
     /// An error when the seeder has exited.
     fn check_alive(&mut self) -> anyhow::Result<()> {
-        match self.child.0.try_wait() {
+        let Some(child) = self.child.as_mut() else {
+            if !Path::new(&format!("/proc/{}", self.pid)).exists() {
+                bail!("the seeder (pid {}) is gone", self.pid);
+            }
+            return Ok(());
+        };
+        match child.0.try_wait() {
             Ok(None) => Ok(()),
-            Ok(Some(st)) => bail!("the seeder exited ({st}); its log: {}", log_tail(&self.log)),
+            Ok(Some(st)) => bail!(
+                "the seeder exited ({st}); its log: {}",
+                self.log.as_deref().map(log_tail).unwrap_or_default()
+            ),
             Err(e) => bail!("waiting for the seeder: {e}"),
         }
     }
@@ -364,9 +427,20 @@ struct Target {
     blocks: u64,
     pipeline: u32,
     sample_every: u64,
-    pattern: Arc<Vec<u8>>,
+    /// What the sampled blocks are compared with.
+    reference: Reference,
     /// Peers in the run: peer i starts at block i x blocks / peers.
     peers: usize,
+    /// A peer kept choked waits instead of failing the run (another seeder's choker).
+    wait_when_choked: bool,
+}
+
+/// The data a sampled block must equal.
+enum Reference {
+    /// The generated data ([`pattern`]: a function of the offset).
+    Pattern(Arc<Vec<u8>>),
+    /// The torrent's file as it is on disk (`--against`).
+    File(File),
 }
 
 impl Target {
@@ -391,14 +465,18 @@ impl Target {
         ok.then_some(b)
     }
 
-    /// Checks block `b`'s bytes against the generated data.
+    /// Checks block `b`'s bytes against the generated data or the file.
     fn check(&self, b: u64, data: &[u8]) -> Result<(), String> {
         let start = b * u64::from(BLOCK_SIZE);
+        let pattern = match &self.reference {
+            Reference::Pattern(p) => p,
+            Reference::File(f) => return self.check_file(f, b, start, data),
+        };
         let mut done = 0usize;
         while done < data.len() {
             let at = ((start + done as u64) % PATTERN_LEN as u64) as usize;
             let n = (PATTERN_LEN - at).min(data.len() - done);
-            let want = &self.pattern[at..at + n];
+            let want = &pattern[at..at + n];
             let got = &data[done..done + n];
             if want != got {
                 let i = want.iter().zip(got).position(|(w, g)| w != g).unwrap_or(0);
@@ -417,6 +495,30 @@ impl Target {
             done += n;
         }
         Ok(())
+    }
+}
+
+impl Target {
+    /// Block `b` against the bytes of the file at the same offset.
+    fn check_file(&self, f: &File, b: u64, start: u64, data: &[u8]) -> Result<(), String> {
+        let mut want = vec![0u8; data.len()];
+        f.read_exact_at(&mut want, start)
+            .map_err(|e| format!("reading block {b} of the data file: {e}"))?;
+        if want == data {
+            return Ok(());
+        }
+        let i = want.iter().zip(data).position(|(w, g)| w != g).unwrap_or(0);
+        let r = self.block(b);
+        Err(format!(
+            "block {b} (piece {}, begin {}, {} bytes) is wrong: the byte at file offset {} is \
+             0x{:02x}, the file has 0x{:02x}",
+            r.piece,
+            r.begin,
+            r.len,
+            start + i as u64,
+            data[i],
+            want[i]
+        ))
     }
 }
 
@@ -620,7 +722,7 @@ fn run_peer(i: usize, t: &Target, shared: &Shared) -> Result<PeerStats, PeerFail
                 s.write_all(&out)
                     .map_err(|e| format!("sending requests: {e}"))?;
             }
-        } else if choked_since.elapsed() > UNCHOKE_TIMEOUT {
+        } else if !t.wait_when_choked && choked_since.elapsed() > UNCHOKE_TIMEOUT {
             return Err(format!(
                 "choked for {} s (not enough upload slots?)",
                 UNCHOKE_TIMEOUT.as_secs()
@@ -645,6 +747,17 @@ pub struct NetFigures {
 }
 
 impl NetFigures {
+    /// No bench net run (`--no-net`).
+    pub fn none() -> NetFigures {
+        NetFigures {
+            seconds_per_path: 0.0,
+            ceiling: None,
+            floor: None,
+            floor_from_file: None,
+            json: serde_json::Value::Null,
+        }
+    }
+
     pub fn of(n: &NetReport) -> NetFigures {
         NetFigures {
             seconds_per_path: n.seconds,
@@ -661,7 +774,12 @@ impl NetFigures {
 /// What one `bench swarm` measured.
 #[derive(Debug, Clone)]
 pub struct SwarmReport {
+    /// False when the seeder was another one's (`--against`): then `shards`, `upload_slots`
+    /// and `send_path` say nothing.
+    pub ours: bool,
     pub peers: usize,
+    /// Peers unchoked at least once (all of them when the seeder is ours).
+    pub unchoked: usize,
     /// The seeder's `--send-path`.
     pub send_path: &'static str,
     pub shards: usize,
@@ -747,7 +865,7 @@ impl SwarmReport {
                 serde_json::Value::Object(m)
             })
         };
-        serde_json::json!({
+        let mut v = serde_json::json!({
             "peers": self.peers, "shards": self.shards, "upload_slots": self.upload_slots,
             "send_path": self.send_path,
             "pipeline": self.pipeline, "sample_every": self.sample_every,
@@ -777,24 +895,37 @@ impl SwarmReport {
             "target_throughput_vs_ceiling": TARGET_THROUGHPUT_VS_CEILING,
             "target_cpu_vs_floor": TARGET_CPU_VS_FLOOR,
             "net": self.net.json,
-        })
+        });
+        v["seeder_kind"] = (if self.ours { "uring-bt" } else { "external" }).into();
+        v["unchoked"] = self.unchoked.into();
+        v
     }
 
     pub fn table(&self) -> String {
         let f3 = |v: Option<f64>| v.map(|v| format!("{v:.3}")).unwrap_or("-".into());
         let f2 = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or("-".into());
+        let who = if self.ours {
+            format!(
+                "uring-bt seed on {} ({} shard(s), --upload-slots {}: {} per shard, so every \
+                 peer is unchoked)",
+                self.seeder_addr,
+                self.shards,
+                self.upload_slots,
+                self.upload_slots / self.shards.max(1)
+            )
+        } else {
+            format!(
+                "the seeder on {} (pid {}; {} of the peers unchoked)",
+                self.seeder_addr, self.seeder_pid, self.unchoked
+            )
+        };
         let mut s = format!(
-            "swarm: {} peers of our own -> uring-bt seed on {} ({} shard(s), --upload-slots {}: \
-             {} per shard, so every peer is unchoked)\n\
+            "swarm: {} peers of our own -> {who}\n\
              file {} ({} MiB, {}; {} pieces of {} KiB), page cache: {}/{} pages resident \
              before, {}/{} after\n\
              {} requests outstanding per peer; every {}th block checked: {} checked, 0 wrong\n\
              window {:.1} s after {:.1} s of warm-up; {} rejects, {} chokes\n",
             self.peers,
-            self.seeder_addr,
-            self.shards,
-            self.upload_slots,
-            self.upload_slots / self.shards.max(1),
             self.file.display(),
             self.size >> 20,
             self.fs,
@@ -830,6 +961,10 @@ impl SwarmReport {
             x.map(|(p, v)| format!("{v:.d$} {unit} ({p})"))
                 .unwrap_or("-".into())
         };
+        if self.net.ceiling.is_none() && self.net.floor.is_none() {
+            s.push_str("bench net: not run (--no-net)\n");
+            return s;
+        }
         s.push_str(&format!(
             "bench net, same run ({:.1} s per path): ceiling {}, floor {}, floor from the \
              file {}\n\
@@ -956,6 +1091,91 @@ impl Drop for Peers {
     }
 }
 
+/// The data file of `--against`'s torrent: `data` itself, or `data/NAME`.
+fn external_data(meta: &Metainfo, data: &Path) -> anyhow::Result<PathBuf> {
+    if meta.multi_file {
+        bail!(
+            "bench swarm --against takes a single-file torrent ({} has a directory)",
+            meta.name
+        );
+    }
+    if !meta.piece_length.is_multiple_of(BLOCK_SIZE) || meta.total_length == 0 {
+        bail!("piece length {} is not whole blocks", meta.piece_length);
+    }
+    let path = if data.is_dir() {
+        data.join(&meta.name)
+    } else {
+        data.to_path_buf()
+    };
+    let len = std::fs::metadata(&path)
+        .with_context(|| format!("--data: {}", path.display()))?
+        .len();
+    if len != meta.total_length {
+        bail!(
+            "--data: {} has {len} bytes, the torrent {}",
+            path.display(),
+            meta.total_length
+        );
+    }
+    Ok(path)
+}
+
+/// The generated data file: `file` when given (the overview's), else a new one in `dir`.
+fn generated_data(
+    args: &BenchSwarmArgs,
+    file: Option<&Path>,
+    dir: &Path,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<PathBuf> {
+    if let Some(f) = file {
+        return Ok(f.to_path_buf());
+    }
+    let p = dir.join("swarm.bin");
+    progress(&format!(
+        "swarm: creating {} ({} MiB)",
+        p.display(),
+        args.size_mib
+    ));
+    ensure_file(&p, args.size_mib << 20)?;
+    if let Some(v) = std::env::var_os(TEST_CORRUPT_ENV) {
+        let off: u64 = v
+            .to_str()
+            .and_then(|s| s.parse().ok())
+            .with_context(|| format!("{TEST_CORRUPT_ENV}: not a byte offset"))?;
+        progress(&format!("swarm: test only: flipping the byte at {off}"));
+        corrupt(&p, off)?;
+    }
+    Ok(p)
+}
+
+/// A torrent of `path`, made in-process and written into `dir`.
+fn make_torrent(
+    path: &Path,
+    dir: &Path,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<(PathBuf, Metainfo)> {
+    progress("swarm: making the torrent");
+    let source = Source::scan(path)?;
+    let opts = CreateOptions {
+        trackers: Vec::new(),
+        piece_length: None,
+        private: false,
+        comment: None,
+        created_by: None,
+        creation_date: None,
+        threads: cores(),
+    };
+    let created = create::build(&source, &opts, &|_| {})?;
+    let meta = created.metainfo;
+    if !meta.piece_length.is_multiple_of(BLOCK_SIZE) || meta.total_length == 0 {
+        bail!("piece length {} is not whole blocks", meta.piece_length);
+    }
+    let torrent = dir.join("swarm.torrent");
+    std::fs::write(&torrent, &created.bytes)
+        .with_context(|| format!("writing {}", torrent.display()))?;
+    Ok((torrent, meta))
+}
+
 /// Runs the swarm. `file`: an existing data file made by [`ensure_file`] (the overview's), used
 /// as is, with the torrent written beside it; otherwise one of `--size-mib` is made in a scratch
 /// directory under `--dir`. `net`: bench net's figures from the same invocation; otherwise
@@ -967,31 +1187,24 @@ pub fn measure(
     progress: &dyn Fn(&str),
 ) -> anyhow::Result<SwarmReport> {
     check_args(args)?;
-    let parent = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
     // Declared first, dropped last: after the seeder is gone.
-    let scratch = net::ScratchDir::new(&parent)?;
-    let path = match file {
-        Some(f) => f.to_path_buf(),
-        None => {
-            let p = scratch.path().join("swarm.bin");
-            progress(&format!(
-                "swarm: creating {} ({} MiB)",
-                p.display(),
-                args.size_mib
-            ));
-            ensure_file(&p, args.size_mib << 20)?;
-            if let Some(v) = std::env::var_os(TEST_CORRUPT_ENV) {
-                let off: u64 = v
-                    .to_str()
-                    .and_then(|s| s.parse().ok())
-                    .with_context(|| format!("{TEST_CORRUPT_ENV}: not a byte offset"))?;
-                progress(&format!("swarm: test only: flipping the byte at {off}"));
-                corrupt(&p, off)?;
-            }
-            p
+    let mut scratch = None;
+    let (path, ext_meta) = match (&args.against, &args.torrent, &args.data) {
+        (Some(_), Some(t), Some(d)) => {
+            let meta = crate::torrent::load::metainfo_from_file(t)
+                .with_context(|| format!("--torrent {}", t.display()))?;
+            (external_data(&meta, d)?, Some(meta))
+        }
+        _ => {
+            let parent = args
+                .dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+            let dir = scratch
+                .insert(net::ScratchDir::new(&parent)?)
+                .path()
+                .to_path_buf();
+            (generated_data(args, file, &dir, progress)?, None)
         }
     };
     let fs = fs_name(&path);
@@ -1001,13 +1214,9 @@ pub fn measure(
             path.display()
         );
     }
-    let data_dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-
     let net = match net_figures {
         Some(n) => n,
+        None if args.no_net => NetFigures::none(),
         None => {
             let net_args = net::BenchNetArgs {
                 seconds: args.net_seconds,
@@ -1024,40 +1233,33 @@ pub fn measure(
         }
     };
 
-    progress("swarm: making the torrent");
-    let source = Source::scan(&path)?;
-    let opts = CreateOptions {
-        trackers: Vec::new(),
-        piece_length: None,
-        private: false,
-        comment: None,
-        created_by: None,
-        creation_date: None,
-        threads: cores(),
+    let (mut seeder, meta) = match (args.against, args.seeder_pid, ext_meta, &scratch) {
+        (Some(addr), Some(pid), Some(meta), _) => (Seeder::external(addr, pid)?, meta),
+        (_, _, None, Some(dir)) => {
+            let (torrent, meta) = make_torrent(&path, dir.path(), progress)?;
+            let data_dir = match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            let shards = cores();
+            let upload_slots = args.peers * shards;
+            progress(&format!(
+                "swarm: starting uring-bt seed ({shards} shard(s), --upload-slots {upload_slots})"
+            ));
+            let seeder = Seeder::start(
+                &torrent,
+                &data_dir,
+                &dir.path().join("seeder.log"),
+                shards,
+                upload_slots,
+                meta.total_length,
+                args.send_path,
+            )?;
+            (seeder, meta)
+        }
+        _ => bail!("bench swarm: no seeder to measure"),
     };
-    let created = create::build(&source, &opts, &|_| {})?;
-    let meta = created.metainfo;
-    if !meta.piece_length.is_multiple_of(BLOCK_SIZE) || meta.total_length == 0 {
-        bail!("piece length {} is not whole blocks", meta.piece_length);
-    }
-    let torrent = scratch.path().join("swarm.torrent");
-    std::fs::write(&torrent, &created.bytes)
-        .with_context(|| format!("writing {}", torrent.display()))?;
-
-    let shards = cores();
-    let upload_slots = args.peers * shards;
-    progress(&format!(
-        "swarm: starting uring-bt seed ({shards} shard(s), --upload-slots {upload_slots})"
-    ));
-    let mut seeder = Seeder::start(
-        &torrent,
-        &data_dir,
-        &scratch.path().join("seeder.log"),
-        shards,
-        upload_slots,
-        meta.total_length,
-        args.send_path,
-    )?;
+    let ours = seeder.child.is_some();
     progress(&format!("swarm: warming {}", path.display()));
     warm(&path)?;
     let resident_before = residency(&path)?;
@@ -1070,8 +1272,15 @@ pub fn measure(
         blocks: meta.total_length.div_ceil(u64::from(BLOCK_SIZE)),
         pipeline: args.pipeline,
         sample_every: args.sample_every,
-        pattern: Arc::new(pattern()),
+        reference: if ours {
+            Reference::Pattern(Arc::new(pattern()))
+        } else {
+            Reference::File(
+                File::open(&path).with_context(|| format!("opening {}", path.display()))?,
+            )
+        },
         peers: args.peers,
+        wait_when_choked: !ours,
     });
     progress(&format!(
         "swarm: {} peers -> {} ({} requests each in flight)",
@@ -1087,9 +1296,11 @@ pub fn measure(
     };
     let mut fds_max = 0usize;
     let mut window = || -> anyhow::Result<(f64, u64, u64, f64, f64)> {
-        // Every peer unchoked (bounded), then the warm-up, then the window.
+        // Every peer unchoked (bounded; one at least when the seeder is another's: its
+        // choker decides), then the warm-up, then the window.
         let waited = Instant::now();
-        while sh.unchoked.load(Ordering::Acquire) < args.peers {
+        let want = if ours { args.peers } else { 1 };
+        while sh.unchoked.load(Ordering::Acquire) < want {
             failed(&mut seeder)?;
             if waited.elapsed() > UNCHOKE_TIMEOUT {
                 bail!(
@@ -1137,6 +1348,7 @@ pub fn measure(
         ))
     };
     let measured = window();
+    let unchoked = sh.unchoked.load(Ordering::Acquire);
     // A peer's own error says more than the main thread's "a peer failed": finish first.
     let totals = peers.finish();
     let ((seconds, bytes, blocks, seeder_cpu, peers_cpu), totals) = match (measured, totals) {
@@ -1153,7 +1365,10 @@ pub fn measure(
     drop(seeder);
     drop(scratch);
     Ok(SwarmReport {
+        ours,
+        unchoked,
         send_path: match args.send_path {
+            _ if !ours => "-",
             crate::cli::seed::SendPathArg::Copy => "copy",
             crate::cli::seed::SendPathArg::Splice => "splice",
         },
@@ -1219,6 +1434,11 @@ mod tests {
             net_seconds: 0.2,
             dir: None,
             send_path: crate::cli::seed::SendPathArg::Copy,
+            against: None,
+            torrent: None,
+            data: None,
+            seeder_pid: None,
+            no_net: false,
             json: false,
         }
     }
@@ -1286,9 +1506,66 @@ mod tests {
             blocks: total.div_ceil(u64::from(BLOCK_SIZE)),
             pipeline: 8,
             sample_every: 1,
-            pattern: Arc::new(pattern()),
+            reference: Reference::Pattern(Arc::new(pattern())),
             peers: 1,
+            wait_when_choked: false,
         }
+    }
+
+    #[test]
+    fn against_needs_its_companions_and_loopback() {
+        let ext = |against: &str| BenchSwarmArgs {
+            against: Some(against.parse().unwrap()),
+            torrent: Some("t.torrent".into()),
+            data: Some("d".into()),
+            seeder_pid: Some(42),
+            ..args()
+        };
+        assert!(check_args(&ext("127.0.0.2:6881")).is_ok());
+        assert!(check_args(&ext("[::1]:6881")).is_ok());
+        for bad in [
+            ext("10.0.0.1:6881"),
+            BenchSwarmArgs {
+                seeder_pid: None,
+                ..ext("127.0.0.1:1")
+            },
+            BenchSwarmArgs {
+                torrent: None,
+                ..ext("127.0.0.1:1")
+            },
+            BenchSwarmArgs {
+                seeder_pid: Some(0),
+                ..ext("127.0.0.1:1")
+            },
+            BenchSwarmArgs {
+                data: Some("d".into()),
+                ..args()
+            },
+        ] {
+            let e = check_args(&bad).unwrap_err();
+            assert_eq!(crate::cli::exit_code_for(&e), 2, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn blocks_are_checked_against_the_file_with_against() {
+        let dir = std::env::temp_dir().join(format!("ubt-swarm-ref-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("data.bin");
+        let bytes: Vec<u8> = (0..72 * 1024u32).map(|i| (i * 7 + i / 251) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        let t = Target {
+            reference: Reference::File(File::open(&path).unwrap()),
+            ..target(72 * 1024)
+        };
+        assert!(t.check(4, &bytes[4 * 16_384..]).is_ok());
+        let mut bad = bytes[16_384..32_768].to_vec();
+        bad[5] ^= 0x10;
+        let e = t.check(1, &bad).unwrap_err();
+        assert!(e.contains("block 1") && e.contains("offset 16389"), "{e}");
+        // Another block's bytes are wrong for this one.
+        assert!(t.check(2, &bytes[16_384..32_768]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
