@@ -89,8 +89,9 @@ pub struct BenchSwarmArgs {
     #[arg(long, value_enum, default_value_t = crate::cli::seed::SendPathArg::Copy)]
     pub send_path: crate::cli::seed::SendPathArg,
     /// Measure another seeder instead of starting `uring-bt seed`: the address it listens on
-    /// (loopback only). Needs --torrent, --data and --seeder-pid; no data file is made, and
-    /// peers it keeps choked wait (they do not fail the run).
+    /// (loopback only). Needs --torrent, --data and --seeder-pid; no data file is made, peers
+    /// it keeps choked wait (they do not fail the run), and each peer connects from its own
+    /// 127.0.2.x (some clients take one connection per IP address).
     #[arg(long, value_name = "ADDR")]
     pub against: Option<SocketAddr>,
     /// With --against: the single-file torrent that seeder serves.
@@ -433,6 +434,8 @@ struct Target {
     peers: usize,
     /// A peer kept choked waits instead of failing the run (another seeder's choker).
     wait_when_choked: bool,
+    /// Each peer connects from its own 127.0.2.x ([`connect`]).
+    spread_sources: bool,
 }
 
 /// The data a sampled block must equal.
@@ -577,10 +580,24 @@ fn is_timeout(e: &std::io::Error) -> bool {
     )
 }
 
+/// Peer `i`'s connection. With `spread_sources` (another's seeder, on IPv4 loopback) each peer
+/// binds its own source address, 127.0.2.(i + 1): rtorrent, for one, takes one connection per
+/// IP address, and would close the second peer's during the handshake.
+fn connect(i: usize, t: &Target) -> std::io::Result<TcpStream> {
+    if !(t.spread_sources && t.addr.is_ipv4()) {
+        return TcpStream::connect_timeout(&t.addr, CONNECT_TIMEOUT);
+    }
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    let host = u8::try_from(i + 1).map_err(|_| std::io::Error::other("too many peers"))?;
+    let local = SocketAddr::from(([127, 0, 2, host], 0));
+    sock.bind(&local.into())?;
+    sock.connect_timeout(&t.addr.into(), CONNECT_TIMEOUT)?;
+    Ok(sock.into())
+}
+
 /// One peer, from connect to `stop`.
 fn run_peer(i: usize, t: &Target, shared: &Shared) -> Result<PeerStats, PeerFail> {
-    let mut s = TcpStream::connect_timeout(&t.addr, CONNECT_TIMEOUT)
-        .map_err(|e| format!("connecting to {}: {e}", t.addr))?;
+    let mut s = connect(i, t).map_err(|e| format!("connecting to {}: {e}", t.addr))?;
     let setup = |s: &TcpStream| -> std::io::Result<()> {
         s.set_nodelay(true)?;
         s.set_read_timeout(Some(READ_TICK))?;
@@ -915,7 +932,8 @@ impl SwarmReport {
             )
         } else {
             format!(
-                "the seeder on {} (pid {}; {} of the peers unchoked)",
+                "the seeder on {} (pid {}; each peer from its own 127.0.2.x; {} of the peers \
+                 unchoked)",
                 self.seeder_addr, self.seeder_pid, self.unchoked
             )
         };
@@ -1281,6 +1299,7 @@ pub fn measure(
         },
         peers: args.peers,
         wait_when_choked: !ours,
+        spread_sources: !ours,
     });
     progress(&format!(
         "swarm: {} peers -> {} ({} requests each in flight)",
@@ -1509,6 +1528,7 @@ mod tests {
             reference: Reference::Pattern(Arc::new(pattern())),
             peers: 1,
             wait_when_choked: false,
+            spread_sources: false,
         }
     }
 
