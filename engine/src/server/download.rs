@@ -716,6 +716,9 @@ pub fn on_events(shard: &Shard, key: usize, t: usize) {
     fill_slot(shard, dl, key, slot);
 }
 
+/// A pipeline of N requests is refilled when N / this many are free ([`fill_slot`]).
+const REFILL_FRACTION: usize = 8;
+
 /// Fills connection `key`'s request pipeline from the picker (when we are interested and the
 /// peer unchokes us), within the rate limit.
 fn fill_slot(
@@ -746,7 +749,11 @@ fn fill_slot(
         .min(reqq)
         .min(MAX_OUR_REQUESTS as u32) as usize;
     let have = peer.our_requests();
-    if have >= target {
+    // Requests go out in batches: a pipeline is refilled once an eighth of it is free (or it is
+    // empty), not after every block, so that downloading sends one small write per batch of
+    // blocks instead of one per block received, each of which woke the seeder.
+    let batch = (target / REFILL_FRACTION).max(1);
+    if have >= target || (have > 0 && target - have < batch) {
         return;
     }
     let allowed = dl.allowance(cfg.max_rate, Instant::now());
