@@ -29,6 +29,7 @@ usage: /usr/bin/python3 benches/plot_seeding.py [--size-mib 1024] [--own 1,2,4,8
 """
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -115,7 +116,6 @@ def svg(rows, seeders, title, subtitle):
     height = mt + ph + mb + 20
     xs = sorted({r["n"] for r in rows})
     lo, hi = min(xs), max(xs)
-    import math
 
     def xpos(x0, n):
         if hi == lo:

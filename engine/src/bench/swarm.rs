@@ -469,7 +469,8 @@ impl Target {
     }
 
     /// Checks block `b`'s bytes against the generated data or the file.
-    fn check(&self, b: u64, data: &[u8]) -> Result<(), String> {
+    /// A mismatch is [`PeerFail::Wrong`]; failing to read the file is another failure.
+    fn check(&self, b: u64, data: &[u8]) -> Result<(), PeerFail> {
         let start = b * u64::from(BLOCK_SIZE);
         let pattern = match &self.reference {
             Reference::Pattern(p) => p,
@@ -484,7 +485,7 @@ impl Target {
             if want != got {
                 let i = want.iter().zip(got).position(|(w, g)| w != g).unwrap_or(0);
                 let r = self.block(b);
-                return Err(format!(
+                return Err(PeerFail::Wrong(format!(
                     "block {b} (piece {}, begin {}, {} bytes) is wrong: the byte at file \
                      offset {} is 0x{:02x}, the generated data has 0x{:02x}",
                     r.piece,
@@ -493,7 +494,7 @@ impl Target {
                     start + (done + i) as u64,
                     got[i],
                     want[i]
-                ));
+                )));
             }
             done += n;
         }
@@ -503,16 +504,16 @@ impl Target {
 
 impl Target {
     /// Block `b` against the bytes of the file at the same offset.
-    fn check_file(&self, f: &File, b: u64, start: u64, data: &[u8]) -> Result<(), String> {
+    fn check_file(&self, f: &File, b: u64, start: u64, data: &[u8]) -> Result<(), PeerFail> {
         let mut want = vec![0u8; data.len()];
         f.read_exact_at(&mut want, start)
-            .map_err(|e| format!("reading block {b} of the data file: {e}"))?;
+            .map_err(|e| PeerFail::Other(format!("reading block {b} of the data file: {e}")))?;
         if want == data {
             return Ok(());
         }
         let i = want.iter().zip(data).position(|(w, g)| w != g).unwrap_or(0);
         let r = self.block(b);
-        Err(format!(
+        Err(PeerFail::Wrong(format!(
             "block {b} (piece {}, begin {}, {} bytes) is wrong: the byte at file offset {} is \
              0x{:02x}, the file has 0x{:02x}",
             r.piece,
@@ -521,7 +522,7 @@ impl Target {
             start + i as u64,
             data[i],
             want[i]
-        ))
+        )))
     }
 }
 
@@ -682,7 +683,7 @@ fn run_peer(i: usize, t: &Target, shared: &Shared) -> Result<PeerStats, PeerFail
                         .into());
                     };
                     if b % t.sample_every == 0 {
-                        t.check(b, data).map_err(PeerFail::Wrong)?;
+                        t.check(b, data)?;
                         st.samples += 1;
                         shared.samples.fetch_add(1, Ordering::Relaxed);
                     }
@@ -1532,6 +1533,15 @@ mod tests {
         }
     }
 
+    /// The text of a wrong-block failure (anything else fails the test).
+    fn wrong(r: Result<(), PeerFail>) -> String {
+        match r {
+            Err(PeerFail::Wrong(e)) => e,
+            Err(PeerFail::Other(e)) => panic!("not a wrong block: {e}"),
+            Ok(()) => panic!("the block passed"),
+        }
+    }
+
     #[test]
     fn against_needs_its_companions_and_loopback() {
         let ext = |against: &str| BenchSwarmArgs {
@@ -1581,10 +1591,19 @@ mod tests {
         assert!(t.check(4, &bytes[4 * 16_384..]).is_ok());
         let mut bad = bytes[16_384..32_768].to_vec();
         bad[5] ^= 0x10;
-        let e = t.check(1, &bad).unwrap_err();
+        let e = wrong(t.check(1, &bad));
         assert!(e.contains("block 1") && e.contains("offset 16389"), "{e}");
         // Another block's bytes are wrong for this one.
-        assert!(t.check(2, &bytes[16_384..32_768]).is_err());
+        wrong(t.check(2, &bytes[16_384..32_768]));
+        // A file that cannot be read at that offset is no wrong block.
+        let short = Target {
+            reference: Reference::File(File::open(dir.join("data.bin")).unwrap()),
+            ..target(80 * 1024)
+        };
+        assert!(matches!(
+            short.check(4, &[0u8; 16_384]),
+            Err(PeerFail::Other(_))
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1613,7 +1632,7 @@ mod tests {
         assert!(t.check(3, &good).is_ok());
         let mut bad = good.clone();
         bad[100] ^= 1;
-        let e = t.check(3, &bad).unwrap_err();
+        let e = wrong(t.check(3, &bad));
         assert!(e.contains("block 3") && e.contains("offset 49252"), "{e}");
         // The pattern repeats: the block after its period is its first block again.
         let t = Target {
@@ -1625,7 +1644,7 @@ mod tests {
         assert!(t.check(b, &data).is_ok());
         assert!(t.check(b - 1, &data).is_err());
         data[16_383] ^= 1;
-        let e = t.check(b, &data).unwrap_err();
+        let e = wrong(t.check(b, &data));
         assert!(
             e.contains(&format!("offset {}", PATTERN_LEN + 16_383)),
             "{e}"
