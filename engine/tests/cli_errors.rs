@@ -879,3 +879,78 @@ fn download_usage_and_input_errors_exit_2_with_one_line() {
     let o = run(&["download", t]);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// `seed` for 3 s under `prlimit --memlock=BYTES` and `setpriv PRIV...` (SIGTERM from
+/// `timeout` stops it): stdout and stderr together.
+fn seed_with_memlock(dir: &Path, memlock: u64, privs: &[&str]) -> String {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["-s", "TERM", "3", "prlimit"])
+        .arg(format!("--memlock={memlock}"))
+        .arg("setpriv")
+        .args(privs)
+        .arg(env!("CARGO_BIN_EXE_uring-bt"))
+        .arg("seed")
+        .arg(dir.join("f.torrent"))
+        .arg("--data")
+        .arg(dir.join("data"))
+        .args(["--shards", "2", "--listen", "127.0.0.1:0", "--no-resume"]);
+    let o = bounded(dir, cmd, &["(memlock)"]);
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o))
+}
+
+#[test]
+fn buffer_pools_are_sized_by_cap_ipc_lock_not_by_the_user_id() {
+    // SAFETY: geteuid(2) has no preconditions and cannot fail.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "this test runs the seeder as another user with and without CAP_IPC_LOCK: run as root"
+    );
+    let dir = seed_fixture();
+    for d in [dir.path(), &dir.path().join("data")] {
+        std::fs::set_permissions(d, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    // Root without CAP_IPC_LOCK (a container's default) is charged: a 2 MiB limit shrinks the
+    // pools to (1 MiB - 512 KiB) / 20 KiB = 25 buffers per shard, and they register.
+    let out = seed_with_memlock(
+        dir.path(),
+        2 << 20,
+        &["--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock"],
+    );
+    assert!(
+        out.contains("--buffers 256 lowered to 25 per shard by RLIMIT_MEMLOCK")
+            && out.contains("(2 shard(s), 25 buffers")
+            && !out.contains("registering the buffer pool with io_uring failed"),
+        "{out}"
+    );
+    // Another user granted CAP_IPC_LOCK is not charged: the full pools, even with a limit of 0.
+    let out = seed_with_memlock(
+        dir.path(),
+        0,
+        &[
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=+ipc_lock",
+            "--ambient-caps=+ipc_lock",
+        ],
+    );
+    assert!(
+        out.contains("(2 shard(s), 256 buffers")
+            && !out.contains("lowered")
+            && !out.contains("failed"),
+        "{out}"
+    );
+    // The same user without it, limit 0: no ring can be made, said in one line.
+    let out = seed_with_memlock(
+        dir.path(),
+        0,
+        &["--reuid=65534", "--regid=65534", "--clear-groups"],
+    );
+    assert!(
+        out.contains("error: cannot make an io_uring")
+            && out.contains("RLIMIT_MEMLOCK (0 bytes) is too low")
+            && out.contains("CAP_IPC_LOCK"),
+        "{out}"
+    );
+}

@@ -471,7 +471,8 @@ unsafe impl IoBufMut for PoolBuf {
 pub const RING_MEMLOCK_RESERVE: u64 = 512 << 10;
 
 /// How many buffers of `block_size` a shard's pool may have: the `requested` count capped at
-/// [`MAX_REGISTERED_BUFFERS`] and, for a non-root process (`unlimited_memlock == false`), at what
+/// [`MAX_REGISTERED_BUFFERS`] and, for a process charged for locked memory
+/// (`unlimited_memlock == false`: no CAP_IPC_LOCK and a finite limit), at what
 /// `memlock_per_shard` bytes of RLIMIT_MEMLOCK can register after [`RING_MEMLOCK_RESERVE`].
 /// At least 1.
 pub fn derive_pool_size(
@@ -489,13 +490,50 @@ pub fn derive_pool_size(
     n
 }
 
+/// CAP_IPC_LOCK's bit in a capability set (linux/capability.h).
+const CAP_IPC_LOCK: u32 = 14;
+
+/// Whether this process's effective capabilities hold CAP_IPC_LOCK: the kernel charges an
+/// io_uring's registered buffers to RLIMIT_MEMLOCK unless they do (`io_uring_create` tests
+/// `capable(CAP_IPC_LOCK)`, not the user id: root in a container without that capability is
+/// charged; a service user granted it with AmbientCapabilities= is not). False when the
+/// capabilities cannot be read (the smaller, safe pool).
+pub fn has_cap_ipc_lock() -> bool {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    // _LINUX_CAPABILITY_VERSION_3: two 32-bit words per set.
+    let mut header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget(2) reads the header and writes two `Data` words for version 3; both point
+    // to memory we own, of the layout the kernel expects.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut Header,
+            data.as_mut_ptr(),
+        )
+    };
+    rc == 0 && data[(CAP_IPC_LOCK / 32) as usize].effective & (1 << (CAP_IPC_LOCK % 32)) != 0
+}
+
 /// [`derive_pool_size`] for this process: raises RLIMIT_MEMLOCK to its hard limit first and
-/// shares it between `shards`.
+/// shares it between `shards`; a process with CAP_IPC_LOCK is not limited by it.
 pub fn pool_size_for_this_process(requested: usize, block_size: usize, shards: usize) -> usize {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
     let limit = raise_memlock_limit().unwrap_or(8 << 20);
-    let unlimited = root || limit == libc::RLIM_INFINITY;
+    let unlimited = has_cap_ipc_lock() || limit == libc::RLIM_INFINITY;
     derive_pool_size(
         requested,
         block_size,
@@ -504,8 +542,8 @@ pub fn pool_size_for_this_process(requested: usize, block_size: usize, shards: u
     )
 }
 
-/// Raises the soft RLIMIT_MEMLOCK to the hard limit (registered buffers and rings are charged
-/// to it for non-root users). Returns the new soft limit in bytes.
+/// Raises the soft RLIMIT_MEMLOCK to the hard limit (registered buffers are charged to it for a
+/// process without CAP_IPC_LOCK). Returns the new soft limit in bytes.
 pub fn raise_memlock_limit() -> std::io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -567,13 +605,13 @@ mod tests {
 
     #[test]
     fn pool_size_follows_the_limits() {
-        // Root: only the kernel's 16,384 cap.
+        // CAP_IPC_LOCK (or no limit): only the kernel's 16,384 cap.
         assert_eq!(
             derive_pool_size(100_000, 16384, 0, true),
             MAX_REGISTERED_BUFFERS
         );
         assert_eq!(derive_pool_size(0, 16384, 0, true), 1);
-        // Non-root, 8 MiB memlock: (8 MiB - 512 KiB) / 20 KiB strides.
+        // Charged, 8 MiB memlock: (8 MiB - 512 KiB) / 20 KiB strides.
         assert_eq!(
             derive_pool_size(4096, 16384, 8 << 20, false),
             ((8 << 20) - (512 << 10)) / 20480
@@ -581,6 +619,19 @@ mod tests {
         assert_eq!(derive_pool_size(10, 16384, 8 << 20, false), 10);
         assert_eq!(derive_pool_size(10, 16384, 0, false), 1);
         assert!(pool_size_for_this_process(64, 16384, 2) >= 1);
+    }
+
+    #[test]
+    fn cap_ipc_lock_is_read_as_proc_reports_it() {
+        // Two sources: capget(2) here, the kernel's own text in /proc/self/status.
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let hex = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .unwrap()
+            .trim();
+        let eff = u64::from_str_radix(hex, 16).unwrap();
+        assert_eq!(has_cap_ipc_lock(), eff & (1 << CAP_IPC_LOCK) != 0, "{hex}");
     }
 
     #[test]

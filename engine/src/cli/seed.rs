@@ -408,7 +408,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     let (listeners, bound) = shard::bind_listeners(args.listen, shards)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let peer_id = make_peer_id();
-    // Registered buffers are charged to RLIMIT_MEMLOCK for a non-root user: raise it to the hard
+    // Registered buffers are charged to RLIMIT_MEMLOCK without CAP_IPC_LOCK: raise it to the hard
     // limit and size the pools to what it allows, saying so once when that is less.
     let buffers = uring_bt_storage::pool::pool_size_for_this_process(
         args.buffers,
@@ -418,7 +418,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     if buffers < args.buffers {
         eprintln!(
             "warning: --buffers {} lowered to {buffers} per shard by RLIMIT_MEMLOCK (raise it with \
-             `ulimit -l` or run as root)",
+             `ulimit -l` or grant CAP_IPC_LOCK)",
             args.buffers
         );
     }

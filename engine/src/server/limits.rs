@@ -1,6 +1,6 @@
 //! Process resource limits, checked and raised before anything is built: descriptors
 //! (RLIMIT_NOFILE, split between peers and each shard's open-file table) and locked memory
-//! (RLIMIT_MEMLOCK, which registered buffers are charged to for a non-root user).
+//! (RLIMIT_MEMLOCK, which registered buffers are charged to without CAP_IPC_LOCK).
 
 use anyhow::bail;
 
@@ -67,11 +67,10 @@ pub fn probe_io_uring() -> Result<(), String> {
         .clone()
 }
 
-/// The soft RLIMIT_MEMLOCK in bytes when this process is charged for its rings (not root, a
-/// finite limit); `None` otherwise.
+/// The soft RLIMIT_MEMLOCK in bytes when this process is charged for its rings (no
+/// CAP_IPC_LOCK, a finite limit); `None` otherwise.
 pub fn memlock_charged() -> Option<u64> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if uring_bt_storage::pool::has_cap_ipc_lock() {
         return None;
     }
     let mut lim = libc::rlimit {
@@ -101,7 +100,8 @@ fn errno_name(code: i32) -> Option<&'static str> {
 }
 
 /// One line for an io_uring the kernel would not make: the errno, its name, and what to check.
-/// `memlock` is the soft RLIMIT_MEMLOCK in bytes when the rings are charged to it (not root).
+/// `memlock` is the soft RLIMIT_MEMLOCK in bytes when the rings are charged to it (no
+/// CAP_IPC_LOCK).
 pub fn io_uring_refused(err: &std::io::Error, memlock: Option<u64>) -> String {
     let code = err.raw_os_error();
     let errno = match code.and_then(errno_name) {
@@ -121,7 +121,8 @@ pub fn io_uring_refused(err: &std::io::Error, memlock: Option<u64>) -> String {
             Some(bytes) => format!(
                 "{what}: the locked-memory limit RLIMIT_MEMLOCK ({bytes} bytes) is too low for \
                  the rings: raise it (`ulimit -l`, LimitMEMLOCK= under systemd, \
-                 /etc/security/limits.conf) or run as root"
+                 /etc/security/limits.conf) or grant the process CAP_IPC_LOCK \
+                 (AmbientCapabilities=CAP_IPC_LOCK under systemd)"
             ),
             None => format!("{what}: the kernel is short of memory for the rings"),
         },
@@ -208,7 +209,7 @@ mod tests {
                 && enomem.contains("ulimit -l"),
             "{enomem}"
         );
-        // Root is not charged: ENOMEM is then the kernel's own shortage.
+        // Not charged (CAP_IPC_LOCK): ENOMEM is then the kernel's own shortage.
         let root = io_uring_refused(&std::io::Error::from_raw_os_error(libc::ENOMEM), None);
         assert!(!root.contains("RLIMIT_MEMLOCK"), "{root}");
         let enosys = io_uring_refused(&std::io::Error::from_raw_os_error(libc::ENOSYS), None);
