@@ -1334,3 +1334,42 @@ fn metadata_is_served_in_pieces_and_pex_lists_the_swarm() {
         "B is not told about itself: {msg:?}"
     );
 }
+
+#[test]
+fn a_second_instance_on_the_same_port_is_refused_and_the_first_keeps_serving() {
+    let f = fixture(1 << 20);
+    let (_first, addr) = start_seeder(&f, &[]);
+    // A second server (its own state directory) on the first one's port, on that address and
+    // on the wildcard: SO_REUSEPORT would let it bind and take half the new connections.
+    for listen in [addr.to_string(), format!("0.0.0.0:{}", addr.port())] {
+        let state = f._dir.path().join("state2");
+        let mut cmd = Command::new("timeout");
+        cmd.args(["-s", "KILL", "60", BIN, "seed"])
+            .arg(&f.torrent)
+            .arg("--data")
+            .arg(&f.data_dir)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--listen", &listen, "--no-pin"]);
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{listen}: {err}");
+        assert!(
+            err.contains(&format!(
+                "port {} is already listened on by another process",
+                addr.port()
+            )) && err.contains("choose another --listen"),
+            "{listen}: {err}"
+        );
+        // Said before the data check, not after it.
+        assert!(!err.contains("checked"), "{listen}: {err}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("listening:"),
+            "{listen}"
+        );
+    }
+    // Every connection still reaches the first server, which serves the whole torrent.
+    for _ in 0..4 {
+        download_all(addr, &f);
+    }
+}

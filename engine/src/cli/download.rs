@@ -249,7 +249,7 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<ExitCode> {
     };
     let peer_id = crate::cli::seed::make_peer_id();
     // Listen first: the port goes into our handshakes and announces.
-    let (listeners, bound) = shard::bind_listeners(args.listen, shards)
+    let (listeners, bound) = shard::bind_listeners_exclusive(args.listen, shards)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
 
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -367,6 +367,8 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     };
 
     let loaded = load_inputs(&args)?;
+    // A port another server holds: said now, not after the data check.
+    shard::port_taken(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
     let state_dir = if args.no_resume {
         None
     } else {
@@ -405,7 +407,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
     }
     let registry = Arc::new(registry);
 
-    let (listeners, bound) = shard::bind_listeners(args.listen, shards)
+    let (listeners, bound) = shard::bind_listeners_exclusive(args.listen, shards)
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let peer_id = make_peer_id();
     // Registered buffers are charged to RLIMIT_MEMLOCK without CAP_IPC_LOCK: raise it to the hard

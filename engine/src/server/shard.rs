@@ -49,6 +49,152 @@ pub fn bind_listeners(addr: SocketAddr, n: usize) -> io::Result<(Vec<TcpListener
     Ok((out, bound))
 }
 
+/// [`bind_listeners`] for a server that starts: the port must be ours alone. SO_REUSEPORT lets
+/// any process of the same user bind the same address and port, and the kernel then spreads
+/// new connections over both processes' listeners: a second `uring-bt` started by mistake on a
+/// port in use would silently take part of the first one's peers (for a torrent it may not
+/// even serve). So after binding, every listening TCP socket in this network namespace
+/// (`/proc/net/tcp`, `/proc/net/tcp6`) on our port whose address overlaps ours and which is
+/// not one of ours is a refusal (`AddrInUse`). Both of two instances racing each other see
+/// the other and stop. With port 0, the kernel's pick is tried again (8 times at most).
+pub fn bind_listeners_exclusive(
+    addr: SocketAddr,
+    n: usize,
+) -> io::Result<(Vec<TcpListener>, SocketAddr)> {
+    let mut tries = 0;
+    loop {
+        let (ls, bound) = bind_listeners(addr, n)?;
+        let ours: Vec<u64> = ls.iter().filter_map(|l| socket_inode(l).ok()).collect();
+        let others = foreign_listeners(bound, &ours);
+        if others.is_empty() {
+            return Ok((ls, bound));
+        }
+        drop(ls);
+        tries += 1;
+        if addr.port() != 0 || tries >= 8 {
+            return Err(in_use(bound.port(), &others));
+        }
+    }
+}
+
+/// Before a long data check: an error when another process listens on `addr`'s port at an
+/// overlapping address already (port 0: never), so that a busy port is reported at once, not
+/// after the check. [`bind_listeners_exclusive`] still decides, after it.
+pub fn port_taken(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let others = foreign_listeners(addr, &[]);
+    if others.is_empty() {
+        Ok(())
+    } else {
+        Err(in_use(addr.port(), &others))
+    }
+}
+
+fn in_use(port: u16, others: &[SocketAddr]) -> io::Error {
+    let mut shown: Vec<String> = others.iter().map(|a| a.to_string()).collect();
+    shown.sort();
+    shown.dedup();
+    io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!(
+            "port {port} is already listened on by another process ({}; SO_REUSEPORT would share \
+             new connections with it): stop it or choose another --listen",
+            shown.join(", ")
+        ),
+    )
+}
+
+/// The inode of a socket (what `/proc/net/tcp` lists it by).
+fn socket_inode(l: &TcpListener) -> io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fstat writes into the zeroed struct we own; the descriptor is open for `l`'s life.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::fstat(l.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_ino)
+}
+
+/// Listening TCP sockets of this network namespace on `bound`'s port, with an address that
+/// overlaps it, whose inode is not in `ours`.
+fn foreign_listeners(bound: SocketAddr, ours: &[u64]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for (addr, inode) in parse_listeners(&text, v6) {
+            if addr.port() == bound.port() && !ours.contains(&inode) && overlaps(bound, addr) {
+                out.push(addr);
+            }
+        }
+    }
+    out
+}
+
+/// Whether a listener on `theirs` takes connections meant for `ours` (a dual-stack `[::]`
+/// takes IPv4 too; an IPv4-mapped IPv6 address is its IPv4 one).
+fn overlaps(ours: SocketAddr, theirs: SocketAddr) -> bool {
+    use std::net::IpAddr;
+    let norm = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let (a, b) = (norm(ours.ip()), norm(theirs.ip()));
+    if a == b {
+        return true;
+    }
+    match (a, b) {
+        // Ours is dual-stack (only_v6 off): every address of either family.
+        (IpAddr::V6(x), _) if x.is_unspecified() => true,
+        (_, IpAddr::V6(y)) if y.is_unspecified() => a.is_ipv6(),
+        (IpAddr::V4(x), IpAddr::V4(y)) => x.is_unspecified() || y.is_unspecified(),
+        _ => false,
+    }
+}
+
+/// The `(local address, inode)` of each LISTEN (state 0A) line of `/proc/net/tcp` (`v6`:
+/// `/proc/net/tcp6`). Addresses are the kernel's 32-bit words in host byte order, in hex.
+fn parse_listeners(text: &str, v6: bool) -> Vec<(SocketAddr, u64)> {
+    let mut out = Vec::new();
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() < 10 || cols[3] != "0A" {
+            continue;
+        }
+        let Some((ip_hex, port_hex)) = cols[1].split_once(':') else {
+            continue;
+        };
+        let (Ok(port), Ok(inode)) = (u16::from_str_radix(port_hex, 16), cols[9].parse::<u64>())
+        else {
+            continue;
+        };
+        let words: Option<Vec<u32>> = (0..ip_hex.len() / 8)
+            .map(|i| {
+                ip_hex
+                    .get(i * 8..i * 8 + 8)
+                    .and_then(|w| u32::from_str_radix(w, 16).ok())
+            })
+            .collect();
+        let ip: std::net::IpAddr = match (words.as_deref(), v6) {
+            (Some(&[w]), false) => std::net::Ipv4Addr::from(w.to_ne_bytes()).into(),
+            (Some(&[a, b, c, d]), true) => {
+                let mut bytes = [0u8; 16];
+                for (i, w) in [a, b, c, d].into_iter().enumerate() {
+                    bytes[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+                }
+                std::net::Ipv6Addr::from(bytes).into()
+            }
+            _ => continue,
+        };
+        out.push((SocketAddr::new(ip, port), inode));
+    }
+    out
+}
+
 /// How a shard thread ended (for the supervisor).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShardExit {
@@ -419,5 +565,68 @@ async fn ticker(shard: Rc<Shard>) {
                 std::sync::atomic::Ordering::Relaxed,
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_tcp_lines_are_parsed() {
+        let v4 = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1078 1 0 100 0 0 10 0\n\
+   1: 0100007F:1F91 0100007F:A000 01 00000000:00000000 00:00000000 00000000     0        0 1079 1 0 100 0 0 10 0\n";
+        let want: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        if cfg!(target_endian = "little") {
+            assert_eq!(parse_listeners(v4, false), vec![(want, 1078)]);
+        }
+        let v6 = "  sl  local_address                         remote_address                        st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 00000000000000000000000000000000:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2000 1 0 100 0 0 10 0\n\
+   1: 0000000000000000FFFF00000100007F:1F90 00000000000000000000000000000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 2001 1 0 100 0 0 10 0\n\
+   2: garbage\n";
+        let got = parse_listeners(v6, true);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], ("[::]:8080".parse().unwrap(), 2000));
+        if cfg!(target_endian = "little") {
+            assert_eq!(got[1], ("[::ffff:127.0.0.1]:8080".parse().unwrap(), 2001));
+        }
+    }
+
+    #[test]
+    fn overlapping_addresses() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(overlaps(a("127.0.0.1:1"), a("127.0.0.1:1")));
+        assert!(overlaps(a("127.0.0.1:1"), a("0.0.0.0:1")));
+        assert!(overlaps(a("0.0.0.0:1"), a("127.0.0.2:1")));
+        assert!(!overlaps(a("127.0.0.1:1"), a("127.0.0.2:1")));
+        assert!(overlaps(a("[::]:1"), a("127.0.0.1:1")));
+        assert!(overlaps(a("127.0.0.1:1"), a("[::ffff:127.0.0.1]:1")));
+        assert!(overlaps(a("[::1]:1"), a("[::]:1")));
+        assert!(!overlaps(a("[::1]:1"), a("127.0.0.1:1")));
+    }
+
+    #[test]
+    fn a_port_shared_through_so_reuseport_is_refused() {
+        // Ours alone: accepted, and both shards' sockets are recognised as ours.
+        let (ls, bound) = bind_listeners_exclusive("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        assert_eq!(ls.len(), 2);
+        // Someone else (a socket that is not among the new ones) on the same port, as a
+        // second instance would be: bind succeeds through SO_REUSEPORT, the check refuses.
+        let err = bind_listeners_exclusive(bound, 2).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("port {} is already listened on", bound.port()))
+                && msg.contains(&bound.to_string()),
+            "{msg}"
+        );
+        // The wildcard overlaps it too.
+        let any: SocketAddr = format!("0.0.0.0:{}", bound.port()).parse().unwrap();
+        assert!(bind_listeners_exclusive(any, 1).is_err());
+        // A shard's restart joins its own port without the check.
+        assert!(bind_listeners(bound, 1).is_ok());
+        drop(ls);
+        assert!(bind_listeners_exclusive(bound, 1).is_ok());
     }
 }
