@@ -1027,7 +1027,7 @@ fn connection_flood_and_slowloris_are_bounded_by_max_peers_and_the_handshake_tim
 }
 
 #[test]
-fn a_file_truncated_under_the_seeder_stops_its_pieces_without_a_log_storm() {
+fn a_file_truncated_under_the_seeder_stops_its_pieces_without_a_log_storm_until_restored() {
     // Two files: a.bin (pieces 0..4) and b.bin (pieces 4..8), 32 KiB pieces.
     let dir = tempfile::tempdir().unwrap();
     let content = dir.path().join("data").join("two");
@@ -1112,6 +1112,48 @@ fn a_file_truncated_under_the_seeder_stops_its_pieces_without_a_log_storm() {
     // A new peer is offered only what can be served: a BITFIELD without b.bin's pieces.
     let (mut q, _) = Scripted::connect(addr, f.info_hash, true);
     assert_eq!(q.recv().unwrap(), OwnedMessage::Bitfield(vec![0xF0]));
+    q.unchoked();
+
+    // b.bin is restored: within the rescan (5 s) its pieces are offered again (HAVE to the
+    // peer that was offered the bitfield without them), checked, and served; the ERROR clears.
+    let b = &f.content[4 * 32768..];
+    std::fs::write(f.data_dir.join("two/b.bin"), b).unwrap();
+    let mut haves = Vec::new();
+    while haves.len() < 4 {
+        match q.recv().expect("disconnected before the HAVEs") {
+            OwnedMessage::Have(p) => haves.push(p),
+            OwnedMessage::KeepAlive => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    haves.sort_unstable();
+    assert_eq!(haves, vec![4, 5, 6, 7]);
+    q.send(&Message::Request(req(6, 16384)));
+    match q.recv_until(|m| matches!(m, OwnedMessage::Piece { .. } | OwnedMessage::Reject(_))) {
+        Some(OwnedMessage::Piece { piece: 6, data, .. }) => {
+            assert_eq!(&data[..], &b[2 * 32768 + 16384..3 * 32768])
+        }
+        other => panic!("{other:?}"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let cleared = loop {
+        let err = seeder_stderr(&f);
+        let last = err.lines().rev().find(|l| l.starts_with("status: "));
+        if last.is_some_and(|l| !l.contains("ERROR")) && err.contains("b.bin changed") {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(cleared, "{}", seeder_stderr(&f));
+    // And a new peer is offered every piece again.
+    let (mut r, _) = Scripted::connect(addr, f.info_hash, true);
+    assert!(matches!(
+        r.recv().unwrap(),
+        OwnedMessage::HaveAll | OwnedMessage::Bitfield(_)
+    ));
 }
 
 #[test]

@@ -322,6 +322,9 @@ pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
     let mut dial_iv = tokio::time::interval(Duration::from_secs(1));
     dial_iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sampler = StatusSampler::default();
+    // Files of unservable pieces, looked at again (a restored file is served again).
+    let mut rescan_iv = tokio::time::interval(crate::server::registry::RESCAN);
+    rescan_iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     // The announcer's run ends only after the shutdown below; kept in case it ends early.
     let mut ann_done = None;
@@ -346,6 +349,11 @@ pub async fn run(plan: ServerPlan) -> anyhow::Result<Ended> {
                 Some(e) = events_rx.recv() => dialer.on_event(e, Instant::now()),
                 _ = dial_iv.tick() => {
                     dialer.tick(Instant::now());
+                }
+                _ = rescan_iv.tick() => {
+                    for t in plan.registry.torrents().iter() {
+                        t.recheck_failed(crate::server::registry::RESCAN_FILES);
+                    }
                 }
                 _ = progress_iv.tick(), if dl_state.is_some() => {
                     if let (Some(w), Some(d)) = (dl_state.as_mut(), plan.download.as_ref()) {

@@ -1333,6 +1333,58 @@ pub fn tell_haves(shard: &Shard) {
     }
 }
 
+/// Once per tick: HAVE to this shard's peers for the pieces a torrent gave another chance
+/// since the last tick (`Torrent::recheck_failed`: a file restored under the seeder). Peers
+/// that came while they were unservable were offered a bitfield without them; to the others a
+/// HAVE for a piece they think we have changes nothing.
+pub fn tell_recovered(shard: &Shard) {
+    let mut news: Vec<(usize, Vec<u32>)> = Vec::new();
+    {
+        let mut ts = shard.torrents.borrow_mut();
+        for (t, st) in ts.iter_mut().enumerate() {
+            let gen = st.torrent.recovered_gen.load(Ordering::Acquire);
+            if gen == st.recovered_seen {
+                continue;
+            }
+            let seen = std::mem::replace(&mut st.recovered_seen, gen);
+            let mut fresh = Vec::new();
+            if let Ok(log) = st.torrent.recovered.lock() {
+                for (g, pieces) in log.iter() {
+                    if *g > seen {
+                        fresh.extend(pieces.clone().filter(|&p| st.torrent.can_serve(p)));
+                    }
+                }
+            }
+            fresh.sort_unstable();
+            fresh.dedup();
+            if !fresh.is_empty() {
+                news.push((t, fresh));
+            }
+        }
+    }
+    let mut peers = shard.peers.borrow_mut();
+    for (t, fresh) in news {
+        for (_, slot) in peers.iter_mut() {
+            if slot.torrent != Some(t) || slot.closing {
+                continue;
+            }
+            let mut wake = false;
+            for &p in &fresh {
+                match slot.session.on_we_have(p, false) {
+                    Ok(w) => wake |= w,
+                    Err(reason) => {
+                        slot.close_for(reason);
+                        break;
+                    }
+                }
+            }
+            if wake {
+                slot.wake.notify_one();
+            }
+        }
+    }
+}
+
 /// Writes in flight on this shard's downloads.
 pub fn writes_in_flight(shard: &Shard) -> u32 {
     shard

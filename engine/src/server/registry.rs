@@ -157,6 +157,12 @@ pub struct Torrent {
     /// Compared after every read, so a file changed under the seeder is never served as
     /// checked: see [`Torrent::unchanged`].
     stamps: Box<[(AtomicU64, AtomicU64)]>,
+    /// Pieces given another chance after their file changed ([`Torrent::recheck_failed`]),
+    /// numbered by round: shards send HAVE for them to their peers (new peers were offered a
+    /// bitfield without them). The last [`RECOVERY_LOG`] rounds are kept.
+    pub recovered: Mutex<std::collections::VecDeque<(u64, std::ops::Range<u32>)>>,
+    /// The newest round in `recovered` (0: none yet).
+    pub recovered_gen: AtomicU64,
     /// The raw info dictionary, served to peers by BEP 9 metadata exchange (`None`: not
     /// served, as for a private torrent).
     pub metadata: Option<Arc<[u8]>>,
@@ -288,6 +294,8 @@ impl Torrent {
             failed: AtomicBits::new(n, false),
             stats: TorrentStats::default(),
             error: Mutex::new(None),
+            recovered: Mutex::new(std::collections::VecDeque::new()),
+            recovered_gen: AtomicU64::new(0),
             stamps: (0..layout.files().len())
                 .map(|_| (AtomicU64::new(u64::MAX), AtomicU64::new(u64::MAX)))
                 .collect(),
@@ -424,7 +432,15 @@ impl Torrent {
                 .find(|&i| self.root.join(&self.layout.files()[i].path) == *path)
         });
         let pieces = match file {
-            Some(i) if whole_file => self.layout.file_pieces(i),
+            Some(i) if whole_file => {
+                // What the file looks like now (missing: unknown), so that the rescan gives its
+                // pieces another chance only once it changes again.
+                let now = stamp(&self.root.join(&self.layout.files()[i].path))
+                    .unwrap_or((u64::MAX, u64::MAX));
+                self.stamps[i].0.store(now.0, Ordering::Relaxed);
+                self.stamps[i].1.store(now.1, Ordering::Relaxed);
+                self.layout.file_pieces(i)
+            }
             _ => piece..piece.saturating_add(1),
         };
         let mut news = 0u64;
@@ -459,6 +475,57 @@ impl Torrent {
             self.failed.clear(p);
         }
         n
+    }
+
+    /// For a torrent with unservable pieces (seeding, not downloading): every file holding a
+    /// failed piece is looked at (a stat each, `budget` at most per call); one whose size or
+    /// mtime changed since it failed (restored, replaced, extended) has its pieces checked
+    /// again before they are served ([`Torrent::file_changed`]), and they are logged in
+    /// `recovered` for the shards to send HAVE. The error clears once no piece is failed.
+    /// Returns the pieces given another chance. Called by the control plane every
+    /// [`RESCAN`]; a file that is still broken fails again on its first read, quietly.
+    pub fn recheck_failed(&self, budget: usize) -> u32 {
+        if self.failed.count() == 0 || self.is_downloading() {
+            return 0;
+        }
+        let mut looked = 0;
+        let mut given = 0;
+        for (i, f) in self.layout.files().iter().enumerate() {
+            if f.padding || looked >= budget {
+                continue;
+            }
+            let pieces = self.layout.file_pieces(i);
+            if !pieces.clone().any(|p| self.failed.get(p)) {
+                continue;
+            }
+            looked += 1;
+            let now = stamp(&self.root.join(&f.path)).unwrap_or((u64::MAX, u64::MAX));
+            let then = (
+                self.stamps[i].0.load(Ordering::Relaxed),
+                self.stamps[i].1.load(Ordering::Relaxed),
+            );
+            if now == then || now == (u64::MAX, u64::MAX) {
+                continue;
+            }
+            self.stamps[i].0.store(now.0, Ordering::Relaxed);
+            self.stamps[i].1.store(now.1, Ordering::Relaxed);
+            given += self.file_changed(i);
+            tracing::warn!(torrent = %self.name, "{} changed: its {} piece(s) are checked again and offered to peers", f.path.display(), pieces.len());
+            if let Ok(mut log) = self.recovered.lock() {
+                let gen = self.recovered_gen.load(Ordering::Relaxed) + 1;
+                log.push_back((gen, pieces));
+                while log.len() > RECOVERY_LOG {
+                    log.pop_front();
+                }
+                self.recovered_gen.store(gen, Ordering::Release);
+            }
+        }
+        if self.failed.count() == 0 {
+            if let Ok(mut err) = self.error.lock() {
+                *err = None;
+            }
+        }
+        given
     }
 
     /// What resume data may record as good at a stop: pieces verified, not failed, and whose
@@ -507,6 +574,13 @@ impl Torrent {
         self.have.all() && self.failed.count() == 0
     }
 }
+
+/// How often the control plane looks at the files of unservable pieces
+/// ([`Torrent::recheck_failed`]), and at most how many files per torrent each time.
+pub const RESCAN: std::time::Duration = std::time::Duration::from_secs(5);
+pub const RESCAN_FILES: usize = 4096;
+/// Rounds of recovered pieces kept for the shards (one round per changed file).
+pub const RECOVERY_LOG: usize = 1024;
 
 /// Relaxed counters of the whole server, summed over shards (each shard adds its own).
 #[derive(Debug)]
@@ -794,6 +868,12 @@ mod tests {
             }
         ));
         assert!(t.can_serve(0));
+        // The rescan: a file still missing, or one whose stamp did not change (the EIO), gives
+        // nothing another chance, so a broken file does not flip between failed and offered.
+        assert_eq!(t.recheck_failed(RESCAN_FILES), 0);
+        assert_eq!(t.unavailable(), 3);
+        assert_eq!(t.recovered_gen.load(Ordering::Relaxed), 0);
+        assert!(t.error().is_some());
         // The file changes again: its pieces get another chance (checked before served).
         assert_eq!(t.file_changed(1), 2);
         assert!(t.can_serve(3) && !t.verified.get(3));

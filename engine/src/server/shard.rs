@@ -554,6 +554,7 @@ async fn ticker(shard: Rc<Shard>) {
         crate::server::conn::tick_sessions(&shard, now);
         crate::server::download::tick(&shard, now);
         crate::server::download::tell_haves(&shard);
+        crate::server::download::tell_recovered(&shard);
         let n = shard.torrents.borrow().len();
         for t in 0..n {
             shard.rechoke(t, now, &mut choker_input, false);

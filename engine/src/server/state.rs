@@ -164,6 +164,8 @@ pub struct ShardTorrent {
     /// A downloading torrent whose home is another shard: the pieces this shard's peers were
     /// told about (HAVE from the tick), and how many.
     pub told: Option<(Vec<u8>, u32)>,
+    /// The last round of `Torrent::recovered` this shard's peers were sent HAVE for.
+    pub recovered_seen: u64,
 }
 
 /// A shard's state, shared by its tasks (single thread).
@@ -289,6 +291,7 @@ impl Shard {
                 dialed: 0,
                 fill_pending: false,
                 told,
+                recovered_seen: t.recovered_gen.load(std::sync::atomic::Ordering::Acquire),
             });
         }
     }
