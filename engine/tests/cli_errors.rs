@@ -954,3 +954,68 @@ fn buffer_pools_are_sized_by_cap_ipc_lock_not_by_the_user_id() {
         "{out}"
     );
 }
+
+#[test]
+fn a_signal_during_the_data_check_stops_with_one_line_and_128_plus_its_number() {
+    // 8 GiB of holes under a torrent (4 MiB pieces, hashes that cannot match): the check takes
+    // seconds, and the signal comes 300 ms in. Both commands, both signals.
+    let dir = tempfile::tempdir().unwrap();
+    let len: u64 = 8 << 30;
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::File::create(data.join("big.bin"))
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+    let mut t = b"d4:infod6:lengthi".to_vec();
+    t.extend(format!("{len}e4:name7:big.bin12:piece lengthi4194304e6:pieces").bytes());
+    t.extend(bs(&vec![7u8; (len / 4194304) as usize * 20]));
+    t.extend(b"ee");
+    let torrent = dir.path().join("big.torrent");
+    std::fs::write(&torrent, t).unwrap();
+    for (cmd, sig, code) in [
+        ("seed", libc::SIGTERM, 143),
+        ("seed", libc::SIGINT, 130),
+        ("download", libc::SIGTERM, 143),
+    ] {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_uring-bt"));
+        c.arg(cmd).arg(&torrent);
+        if cmd == "seed" {
+            c.arg("--data").arg(&data).arg("--no-resume");
+        } else {
+            c.arg("-o")
+                .arg(&data)
+                .args(["--no-announce", "--peer", "127.0.0.1:9"])
+                .env("XDG_STATE_HOME", dir.path().join("state"));
+        }
+        let child = c
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // SAFETY: kill(2) on the child we spawned and have not waited for.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
+        let started = std::time::Instant::now();
+        let out = child.wait_with_output().unwrap();
+        let err = stderr(&out);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{cmd}: {err}"
+        );
+        assert_eq!(out.status.code(), Some(code), "{cmd} {sig}: {err}");
+        assert!(
+            err.contains("stopped by a signal during the data check"),
+            "{cmd}: {err}"
+        );
+        assert!(
+            !err.contains("pieces are bad"),
+            "{cmd}: the check ran to its end: {err}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("listening"),
+            "{cmd}"
+        );
+    }
+}

@@ -158,6 +158,54 @@ pub fn check_tracker_urls(urls: &[String]) -> Result<(), UsageError> {
     Ok(())
 }
 
+/// While alive (the data check at start, before the control plane takes the signals over):
+/// SIGINT and SIGTERM end the process at once with one line on stderr and exit code 130 or
+/// 143, instead of the default silent death by signal. The check only reads, and resume data
+/// is replaced by a rename, so nothing is lost; the next start checks again. Dropping it
+/// restores the default action.
+pub struct StartupSignals {
+    _private: (),
+}
+
+const STARTUP_STOP: &[u8] =
+    b"\nstopped by a signal during the data check (it had written nothing; the next start checks again)\n";
+
+extern "C" fn startup_signal(sig: libc::c_int) {
+    // SAFETY: write(2) and _exit(2) are async-signal-safe; the message is a static buffer.
+    unsafe {
+        libc::write(2, STARTUP_STOP.as_ptr().cast(), STARTUP_STOP.len());
+        libc::_exit(128 + sig);
+    }
+}
+
+impl StartupSignals {
+    pub fn install() -> Self {
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: a zeroed sigaction is valid (empty mask, no flags); the handler only calls
+            // async-signal-safe functions.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = startup_signal as *const () as usize;
+                libc::sigaction(sig, &sa, std::ptr::null_mut());
+            }
+        }
+        StartupSignals { _private: () }
+    }
+}
+
+impl Drop for StartupSignals {
+    fn drop(&mut self) {
+        for sig in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: restoring the default action; a zeroed sigaction with SIG_DFL is valid.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = libc::SIG_DFL;
+                libc::sigaction(sig, &sa, std::ptr::null_mut());
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -268,8 +268,10 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<ExitCode> {
             None => default_state_dir()?,
         })
     };
+    let startup = crate::cli::common::StartupSignals::install();
     let (have, partials) =
         crate::torrent::check::check_for_download(&meta, &root, state_dir.as_deref(), cores);
+    drop(startup);
     // Files of zero length have no piece to bring them into being: create them now (and every
     // file, allocated in full, with --preallocate).
     let bytes = uring_bt_storage::files::prepare_files(&root, &meta.layout(), args.preallocate)

@@ -378,6 +378,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
         })
     };
     let registry = Registry::new();
+    let startup = crate::cli::common::StartupSignals::install();
     for (i, l) in loaded.iter().enumerate() {
         let verified = if args.skip_check {
             false
@@ -405,6 +406,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
         t.stamp_files();
         registry.add(t).map_err(anyhow::Error::msg)?;
     }
+    drop(startup);
     let registry = Arc::new(registry);
 
     let (listeners, bound) = shard::bind_listeners_exclusive(args.listen, shards)
