@@ -468,6 +468,12 @@ impl Peer {
         self.ours.len()
     }
 
+    /// `b` is one of our requests not yet answered.
+    pub fn awaits(&self, b: BlockRef) -> bool {
+        // Peers answer in order: the match is nearly always the front.
+        self.ours.front() == Some(&b) || self.ours.contains(&b)
+    }
+
     /// The peer allowed some pieces fast (BEP 6): requests for them may go out while it chokes
     /// us.
     pub fn has_allowed_fast(&self) -> bool {

@@ -425,14 +425,9 @@ impl Session {
                 Ok(Some((msg, n))) => {
                     let start = r.consumed;
                     r.consumed += n;
-                    let was_interested = peer.is_interested();
-                    let had = peer.our_requests();
-                    peer.on_message(&msg, &mut self.actions);
-                    r.interest_changed |= peer.is_interested() != was_interested;
-                    apply(&mut self.actions, &mut self.out, &mut r)?;
-                    r.events |= peer.has_events();
+                    let ours = on_message(peer, &msg, &mut self.actions, &mut self.out, &mut r)?;
                     if let Message::Piece { piece, begin, data } = msg {
-                        if peer.our_requests() < had {
+                        if ours {
                             // Ours: hand the data to the driver before decoding on.
                             self.last_block = self.last_recv;
                             let b = BlockRef {
@@ -465,6 +460,61 @@ impl Session {
                 Ok(None) => break,
                 Err(e) => return Err(CloseReason::Wire(e)),
             }
+        }
+        Ok(r)
+    }
+
+    /// The block of the PIECE whose header starts `buf` (what [`Session::receive`] left
+    /// undecoded), when it answers one of our requests and its payload has not all arrived.
+    /// The driver may then receive the payload straight into a storage buffer and give it to
+    /// [`Session::receive_piece`]; `buf`'s 13 header bytes and the payload bytes after them
+    /// are its start. A header that breaks the rules gives `None`: [`Session::receive`] reports
+    /// it once the bytes are there.
+    pub fn pending_block(&self, buf: &[u8]) -> Option<BlockRef> {
+        let b = self.awaited_block(buf)?;
+        // Whole: `receive` decodes it.
+        (buf.len() < wire::PIECE_HEADER_LEN + b.len as usize).then_some(b)
+    }
+
+    /// The block of the PIECE whose 13-byte header starts `header`, when it answers one of our
+    /// requests (what follows the header does not matter: the driver may have received the
+    /// payload elsewhere). `None` for any other message or a header that breaks the rules.
+    pub fn awaited_block(&self, header: &[u8]) -> Option<BlockRef> {
+        if self.phase != Phase::Established {
+            return None;
+        }
+        let peer = self.peer.as_ref()?;
+        let head: &[u8; 13] = header.get(..13)?.try_into().ok()?;
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        if head[4] != wire::id::PIECE
+            || wire::check_header(len, Some(head[4]), self.max_len).is_err()
+        {
+            return None;
+        }
+        let b = BlockRef {
+            piece: u32::from_be_bytes([head[5], head[6], head[7], head[8]]),
+            begin: u32::from_be_bytes([head[9], head[10], head[11], head[12]]),
+            len: len - 9,
+        };
+        peer.awaits(b).then_some(b)
+    }
+
+    /// The payload `data` of the PIECE for `b` that [`Session::pending_block`] named, received
+    /// by the driver out of the buffer: the session changes as decoding the whole message would
+    /// have changed it. `block` of the result is `Some((b, 0))` when it answered our request.
+    pub fn receive_piece(&mut self, b: BlockRef, data: &[u8]) -> Result<Received, CloseReason> {
+        let mut r = Received::default();
+        let Some(peer) = self.peer.as_mut() else {
+            return Ok(r);
+        };
+        let msg = Message::Piece {
+            piece: b.piece,
+            begin: b.begin,
+            data,
+        };
+        if on_message(peer, &msg, &mut self.actions, &mut self.out, &mut r)? {
+            self.last_block = self.last_recv;
+            r.block = Some((b, 0));
         }
         Ok(r)
     }
@@ -771,6 +821,24 @@ fn on_metadata(
     true
 }
 
+/// One decoded message through the peer's state machine: its actions into the control queue,
+/// interest and events noted in `r`. True when it answered one of our requests (a PIECE).
+fn on_message(
+    peer: &mut Peer,
+    msg: &Message<'_>,
+    actions: &mut Actions,
+    out: &mut Vec<u8>,
+    r: &mut Received,
+) -> Result<bool, CloseReason> {
+    let was_interested = peer.is_interested();
+    let had = peer.our_requests();
+    peer.on_message(msg, actions);
+    r.interest_changed |= peer.is_interested() != was_interested;
+    apply(actions, out, r)?;
+    r.events |= peer.has_events();
+    Ok(peer.our_requests() < had)
+}
+
 /// Encodes the machine's actions into the control queue.
 fn apply(actions: &mut Actions, out: &mut Vec<u8>, r: &mut Received) -> Result<(), CloseReason> {
     let mut close = None;
@@ -843,14 +911,20 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_piece_we_asked_for_stops_decoding_with_its_data_offset() {
+    /// An inbound session of a torrent we download, past its opening.
+    fn leeching() -> Session {
         let t0 = Instant::now();
         let mut s = Session::new(SessionConfig::new([1; 20], 6881, 50), None, t0);
         s.receive(&their_handshake(true)).unwrap();
         s.attach(&leech_view(), &[]);
         let mut ctrl = Vec::new();
         s.take_control(&mut ctrl);
+        s
+    }
+
+    #[test]
+    fn a_piece_we_asked_for_stops_decoding_with_its_data_offset() {
+        let mut s = leeching();
         let b = BlockRef {
             piece: 1,
             begin: 0,
@@ -882,6 +956,80 @@ mod tests {
         assert_eq!(r.consumed, 4 + 9 + 100, "stops right after the PIECE");
         let r2 = s.receive(&input[r.consumed..]).unwrap();
         assert!(r2.block.is_none() && r2.events);
+    }
+
+    #[test]
+    fn a_piece_received_out_of_the_buffer_changes_the_session_as_decoding_it_would() {
+        let mut s = leeching();
+        let mut input = Vec::new();
+        wire::encode(&Message::Unchoke, &mut input);
+        s.receive(&input).unwrap();
+        let mut ev = Vec::new();
+        s.take_events(&mut ev);
+        let b = |begin| BlockRef {
+            piece: 1,
+            begin,
+            len: 100,
+        };
+        assert_eq!(s.request(&[b(0), b(100)]), 2);
+        let data: Vec<u8> = (0..100u8).collect();
+        let mut msg = Vec::new();
+        wire::encode(
+            &Message::Piece {
+                piece: 1,
+                begin: 100,
+                data: &data,
+            },
+            &mut msg,
+        );
+        // Only a header, or the whole message, or a PIECE we did not ask for: not pending.
+        assert_eq!(s.pending_block(&msg[..12]), None);
+        assert_eq!(s.pending_block(&msg), None, "whole: receive decodes it");
+        assert_eq!(
+            s.awaited_block(&msg[..13]),
+            Some(b(100)),
+            "the header alone names it"
+        );
+        assert_eq!(s.awaited_block(&msg), Some(b(100)));
+        let mut other = msg.clone();
+        other[12] = 7; // begin 100 -> 107: not ours
+        assert_eq!(s.pending_block(&other[..40]), None);
+        let mut too_long = msg.clone();
+        too_long[..4].copy_from_slice(&(MAX_MESSAGE_LEN + 1).to_be_bytes());
+        assert_eq!(
+            s.pending_block(&too_long[..40]),
+            None,
+            "left for receive to refuse"
+        );
+        // The header and part of the payload: pending, for the second request (out of order).
+        assert_eq!(s.pending_block(&msg[..40]), Some(b(100)));
+        assert_eq!(s.peer().unwrap().our_requests(), 2);
+        let r = s.receive_piece(b(100), &data).unwrap();
+        assert_eq!(r.block, Some((b(100), 0)));
+        assert_eq!(r.consumed, 0, "the driver dropped the bytes itself");
+        assert!(r.events);
+        ev.clear();
+        s.take_events(&mut ev);
+        assert_eq!(ev, vec![PeerEvent::Block(b(100))]);
+        assert_eq!(s.peer().unwrap().our_requests(), 1);
+        // The same block again answers no request of ours: no block for the driver.
+        let r = s.receive_piece(b(100), &data).unwrap();
+        assert_eq!(r.block, None);
+        ev.clear();
+        s.take_events(&mut ev);
+        assert_eq!(ev, vec![PeerEvent::Unrequested(b(100))]);
+        // And decoding the first one from the buffer still works after it.
+        let mut first = Vec::new();
+        wire::encode(
+            &Message::Piece {
+                piece: 1,
+                begin: 0,
+                data: &data,
+            },
+            &mut first,
+        );
+        assert_eq!(s.receive(&first).unwrap().block, Some((b(0), 13)));
+        assert_eq!(s.peer().unwrap().our_requests(), 0);
     }
 
     #[test]
