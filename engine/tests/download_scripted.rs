@@ -402,24 +402,29 @@ fn a_choking_peer_that_allows_pieces_fast_is_downloaded_from() {
     let _ = seeder.join();
 }
 
-/// The `hashing:` figures of a download's debug line: (sixteen at once, one by one, bytes read
-/// back, blocks written, writes).
-fn hashing_figures(stderr: &str) -> (u64, u64, u64, u64, u64) {
+/// The numbers after `key` on the download's debug line (up to `stop`, or the line's end).
+fn debug_figures(stderr: &str, key: &str, stop: Option<char>, want: usize) -> Vec<u64> {
     let line = stderr
         .lines()
-        .find(|l| l.contains("hashing: "))
-        .unwrap_or_else(|| panic!("no hashing line in the downloader's stderr:\n{stderr}"));
-    let nums: Vec<u64> = line
-        .split("hashing: ")
-        .nth(1)
-        .unwrap_or_default()
+        .find(|l| l.contains(key))
+        .unwrap_or_else(|| panic!("no `{key}` line in the downloader's stderr:\n{stderr}"));
+    let after = line.split(key).nth(1).unwrap_or_default();
+    let part = stop.map_or(after, |c| after.split(c).next().unwrap_or_default());
+    let nums: Vec<u64> = part
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
         .collect();
+    assert!(nums.len() >= want, "unexpected `{key}` line: {line}");
+    nums
+}
+
+/// The `hashing:` figures of a download's debug line: (sixteen at once, one by one, bytes read
+/// back, blocks written, writes).
+fn hashing_figures(stderr: &str) -> (u64, u64, u64, u64, u64) {
     // "N blocks sixteen at once, M one by one, B bytes read back; writing: W blocks in O
     // writes" ("sixteen" is a word).
-    assert!(nums.len() >= 5, "unexpected hashing line: {line}");
-    (nums[0], nums[1], nums[2], nums[3], nums[4])
+    let n = debug_figures(stderr, "hashing: ", None, 5);
+    (n[0], n[1], n[2], n[3], n[4])
 }
 
 /// A seeder that sends each batch of blocks in the reverse order of our requests: the blocks
@@ -488,6 +493,63 @@ fn blocks_sent_out_of_order_are_hashed_as_they_arrive_not_read_back() {
                 sixteen >= blocks / 2,
                 "lanes on: only {sixteen} of {blocks} blocks hashed sixteen at once"
             );
+        }
+    }
+}
+
+/// The `receiving:` figures of a download's debug line: (blocks received straight into pool
+/// buffers, blocks copied there).
+fn receiving_figures(stderr: &str) -> (u64, u64) {
+    let n = debug_figures(stderr, "receiving: ", Some(';'), 2);
+    (n[0], n[1])
+}
+
+/// `--recv-path direct`: PIECE payloads land straight in pool buffers (vectored reads, the
+/// headers into the receive buffer), from seeders that answer in order and in reverse, each
+/// dialing in from its own address; with 8 buffers the scattered reads hold at most one of
+/// them (a sixteenth of the pool, at least one). The data is intact every way, and the default
+/// path copies.
+#[test]
+fn payloads_received_straight_into_pool_buffers_arrive_intact() {
+    let blocks = (16u64 << 20) / 16_384;
+    for (path, buffers) in [("direct", "256"), ("direct", "8"), ("copy", "256")] {
+        let p = Payload::new("direct", 16 << 20, 29, 262_144);
+        let args = [
+            "--shards",
+            "1",
+            "--no-resume",
+            "--recv-path",
+            path,
+            "--buffers",
+            buffers,
+        ];
+        let env = [("RUST_LOG", "uring_bt::server::download=debug")];
+        let (mut dl, t) = p.download_env(&p.out, &args, &env);
+        let seeders = [t.reversing_seeder(), t.seeder(1 << 30, true)];
+        dl.wait_line("complete:", Duration::from_secs(60));
+        assert!(dl.wait_exit(Duration::from_secs(20)).success());
+        common::assert_same_file(&p.file, &p.out.join("direct.bin"));
+        for s in seeders {
+            let _ = s.join();
+        }
+        let (direct, copied) = receiving_figures(&dl.stderr_text());
+        eprintln!("{path}, {buffers} buffers: {direct} blocks straight into pool buffers, {copied} copied");
+        assert!(
+            direct + copied >= blocks,
+            "{direct} + {copied} of {blocks} blocks"
+        );
+        match (path, buffers) {
+            ("copy", _) => assert_eq!(direct, 0, "the copy path received {direct} in place"),
+            (_, "256") => assert!(
+                direct * 10 >= blocks * 9,
+                "only {direct} of {blocks} blocks straight into pool buffers ({copied} copied)"
+            ),
+            // One scattered read of one block at a time on the shard (a sixteenth of 8
+            // buffers, at least one): still most blocks (measured: all 1,024).
+            _ => assert!(
+                direct * 2 >= blocks,
+                "8 buffers: only {direct} of {blocks} blocks straight into pool buffers"
+            ),
         }
     }
 }

@@ -44,6 +44,15 @@ pub enum HashLanes {
     Off,
 }
 
+/// `--recv-path`: how PIECE payloads reach a pool buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecvPathArg {
+    /// Read into the connection's receive buffer, then copied into a pool buffer.
+    Copy,
+    /// Vectored reads that place each payload straight into a pool buffer.
+    Direct,
+}
+
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Examples:
@@ -106,6 +115,14 @@ pub struct DownloadArgs {
     /// and 1.4 without; on one without AVX-512, `on` ran slower.
     #[arg(long, value_enum, default_value_t = HashLanes::Auto, value_name = "WHEN")]
     pub hash_lanes: HashLanes,
+    /// How PIECE payloads reach the pool buffers they are hashed and written from: `copy`
+    /// (the default: read with the rest of the stream, then copied) or `direct` (vectored
+    /// reads that put up to four payloads straight into pool buffers, their headers into the
+    /// receive buffer; one more descriptor per peer). Measured here (loopback, 1 GiB from
+    /// aria2, six rounds each in two orders): `direct` less user time, more system time, in
+    /// all within the noise (-7% and +6%), so `copy` stays the default.
+    #[arg(long, value_enum, default_value_t = RecvPathArg::Copy, value_name = "PATH")]
+    pub recv_path: RecvPathArg,
     /// Seconds between two progress lines (fractions allowed).
     #[arg(long, default_value_t = 1.0, value_name = "SECS")]
     pub status_interval: f64,
@@ -240,8 +257,18 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<ExitCode> {
     }
     crate::cli::common::check_tracker_urls(&args.trackers)?;
     let nofile = raise_nofile();
-    let (max_peers, files_per_shard) = fd_budget(nofile, shards, args.max_peers, None)
-        .map_err(|e| usage(format_args!("{e:#}")))?;
+    let (max_peers, files_per_shard) = fd_budget(
+        nofile,
+        shards,
+        args.max_peers,
+        None,
+        if args.recv_path == RecvPathArg::Direct {
+            2
+        } else {
+            1
+        },
+    )
+    .map_err(|e| usage(format_args!("{e:#}")))?;
     let allowed = if args.no_pin {
         Vec::new()
     } else {
@@ -365,6 +392,7 @@ pub fn run(args: DownloadArgs) -> anyhow::Result<ExitCode> {
                     HashLanes::On => true,
                     HashLanes::Off => false,
                 },
+                recv_direct: args.recv_path == RecvPathArg::Direct,
                 ..DownloadConfig::default()
             },
         };

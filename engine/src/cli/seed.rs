@@ -351,6 +351,7 @@ pub fn run(args: SeedArgs) -> anyhow::Result<ExitCode> {
         shards,
         args.max_peers,
         args.max_open_files,
+        1,
     )
     .map_err(|e| usage(format_args!("{e:#}")))?;
     // io_uring refused, or no locked memory for a ring: say so now, not after the data check.

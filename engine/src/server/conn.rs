@@ -428,6 +428,10 @@ async fn reader(
     // Bytes of `buf` already decoded: dropped once per read, not once per message (a read of
     // a downloading connection holds several PIECEs).
     let mut start = 0usize;
+    // Downloading: the socket again (a dup), for vectored reads of PIECE payloads straight into
+    // pool buffers (tokio-uring's TcpStream has no readv). Made at the first such read;
+    // `Some(None)`: the dup failed (no descriptor left), payloads are copied from `buf`.
+    let mut direct: Option<Option<tokio_uring::fs::File>> = None;
     loop {
         let (r, phase, torrent, downloading) = {
             let mut peers = shard.peers.borrow_mut();
@@ -498,6 +502,29 @@ async fn reader(
                 read_wake.notified().await;
             }
             continue;
+        }
+        let direct_on = shard.cfg.download.recv_direct;
+        if let (true, Some(t)) = (
+            direct_on && downloading && phase == Phase::Established,
+            torrent,
+        ) {
+            // PIECE payloads straight into pool buffers: the one whose header is here, and the
+            // ones the next messages most likely are.
+            let cur = if buf.len() >= wire::PIECE_HEADER_LEN {
+                pending_block(shard, key, &buf).map(Some)
+            } else {
+                may_be_block(&buf, shard.pool.block_size()).then_some(None)
+            };
+            if let Some(cur) = cur {
+                if let Some(blocks) =
+                    read_scatter(shard, key, stream, &mut direct, &mut buf, cur).await?
+                {
+                    for (b, pb) in blocks {
+                        deliver_in_place(shard, key, t, b, pb).await?;
+                    }
+                    continue;
+                }
+            }
         }
         // Room for the next message: what its header announces (checked against the limit
         // before its body is buffered), or a floor.
@@ -635,6 +662,432 @@ async fn read_more(stream: &TcpStream, mut buf: Vec<u8>, want: usize) -> Result<
         Ok(_) => Ok(buf),
         Err(e) => Err(Closed::Io(format!("read: {e}"))),
     }
+}
+
+/// Speculative reads hold at most `buffers / SPEC_SHARE` (at least 1) of a shard's pool.
+const SPEC_SHARE: usize = 16;
+
+/// The block whose PIECE header starts `buf` when the rest of its payload is to be received
+/// straight into a pool buffer: ours, incomplete, and no larger than a pool buffer.
+fn pending_block(shard: &Shard, key: usize, buf: &[u8]) -> Option<BlockRef> {
+    let peers = shard.peers.borrow();
+    let slot = peers.get(key)?;
+    let b = slot.session.pending_block(buf)?;
+    (b.len as usize <= shard.pool.block_size()).then_some(b)
+}
+
+/// One part of a vectored socket read: a pool buffer's block from its current length
+/// (`owner` Pool), or a region of the receive buffer's spare room (the first such part owns the
+/// Vec, the later ones point into the same reservation). `ptr` points at the part's first byte,
+/// `len` bytes, `filled` of them received.
+struct RecvPart {
+    owner: RecvOwner,
+    ptr: *mut u8,
+    len: usize,
+    filled: usize,
+}
+
+enum RecvOwner {
+    Pool(PoolBuf),
+    Conn(Vec<u8>),
+    None,
+}
+
+impl RecvPart {
+    /// The pool buffer's block from its current length up to `total` bytes.
+    fn pool(mut pb: PoolBuf, total: usize) -> RecvPart {
+        let at = pb.block_len();
+        let room = &mut pb.block_capacity_mut()[at..total];
+        let (ptr, len) = (room.as_mut_ptr(), room.len());
+        RecvPart {
+            owner: RecvOwner::Pool(pb),
+            ptr,
+            len,
+            filled: 0,
+        }
+    }
+
+    /// Consecutive regions of `lens` bytes after the receive buffer's contents (reserved here),
+    /// the first part owning the buffer.
+    fn conn(mut buf: Vec<u8>, lens: &[usize]) -> Vec<RecvPart> {
+        buf.reserve(lens.iter().sum());
+        let mut ptr = buf.spare_capacity_mut().as_mut_ptr().cast::<u8>();
+        let mut owner = Some(buf);
+        lens.iter()
+            .map(|&len| {
+                let part = RecvPart {
+                    owner: owner.take().map_or(RecvOwner::None, RecvOwner::Conn),
+                    ptr,
+                    len,
+                    filled: 0,
+                };
+                // SAFETY: the regions lie one after another within the room reserved above.
+                ptr = unsafe { ptr.add(len) };
+                part
+            })
+            .collect()
+    }
+}
+
+// SAFETY: `ptr..ptr + len` lies in memory the read's parts own (a pool buffer's block, which
+// stays in the pool's arena while the PoolBuf lives, or a Vec's reserved spare capacity, which
+// does not move while the Vec sits, untouched, in the part that owns it, in the same read), and
+// `filled <= len`.
+unsafe impl tokio_uring::buf::IoBuf for RecvPart {
+    fn stable_ptr(&self) -> *const u8 {
+        self.ptr
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.filled
+    }
+
+    fn bytes_total(&self) -> usize {
+        self.len
+    }
+}
+
+// SAFETY: as for IoBuf; `set_init` only records how many bytes the kernel wrote, capped at len.
+unsafe impl tokio_uring::buf::IoBufMut for RecvPart {
+    fn stable_mut_ptr(&mut self) -> *mut u8 {
+        self.ptr
+    }
+
+    unsafe fn set_init(&mut self, pos: usize) {
+        self.filled = pos.min(self.len);
+    }
+}
+
+/// PIECEs one vectored read may receive straight into pool buffers (each a header into the
+/// receive buffer, then a whole block into a pool buffer).
+const SCATTER_BLOCKS: usize = 4;
+
+/// The connection's second descriptor for vectored reads, made at its first use (`None`: the
+/// dup failed, payloads are copied).
+fn direct_file<'a>(
+    direct: &'a mut Option<Option<tokio_uring::fs::File>>,
+    stream: &TcpStream,
+) -> Option<&'a tokio_uring::fs::File> {
+    direct.get_or_insert_with(|| dup_stream(stream)).as_ref()
+}
+
+/// `buf` (less than a PIECE header) may be the start of a PIECE of at most `block_size`
+/// bytes: worth receiving the next messages with [`read_scatter`].
+fn may_be_block(buf: &[u8], block_size: usize) -> bool {
+    if let Some((len, id)) = wire::peek_header(buf) {
+        if len <= 9 || len as usize > 9 + block_size {
+            return false;
+        }
+        if id.is_some_and(|id| id != wire::id::PIECE) {
+            return false;
+        }
+    }
+    true
+}
+
+/// How the bytes of one scattered read divide into messages ([`sort_scatter`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Sorted {
+    /// PIECEs of ours received whole: (pool part, block), in stream order.
+    blocks: Vec<(usize, BlockRef)>,
+    /// A PIECE of ours whose payload is still arriving into this pool part.
+    cur: Option<(usize, BlockRef)>,
+    /// The bytes after the last whole block, in stream order: the receive buffer's new
+    /// contents.
+    tail: Vec<u8>,
+}
+
+/// Divides what one vectored read of [`read_scatter`] received into messages. The parts were,
+/// in stream order: the rest of `cur`'s payload in pool part 0 (when `cur`), then for each
+/// further pool part `i` a header region of `conn` and the block of pool part `i`, then a
+/// last header region. `conn` is the receive buffer after the read: bytes it held before (a
+/// partial header, unless `cur`), then the regions' bytes, back to back; `regions` their
+/// `(offset, length, filled)`; `pools` each pool part's bytes received in this read (for
+/// `cur`, all of its payload so far). `awaited` names our request a header answers.
+fn sort_scatter(
+    conn: &[u8],
+    regions: &[(usize, usize, usize)],
+    pools: &[&[u8]],
+    cur: Option<BlockRef>,
+    block: usize,
+    awaited: impl Fn(&[u8]) -> Option<BlockRef>,
+) -> Sorted {
+    let h = wire::PIECE_HEADER_LEN;
+    let mut out = Sorted::default();
+    let first = usize::from(cur.is_some());
+    if let Some(b) = cur {
+        if pools.first().map_or(0, |p| p.len()) < b.len as usize {
+            out.cur = Some((0, b));
+            return out; // nothing after it yet
+        }
+        out.blocks.push((0, b));
+    }
+    // Everything from region `r` and pool part `p` on, in stream order.
+    let rest = |r: usize, p: usize, out: &mut Vec<u8>| {
+        for (p, &(off, _, filled)) in (p..).zip(&regions[r..]) {
+            out.extend_from_slice(&conn[off..off + filled]);
+            if let Some(pool) = pools.get(p) {
+                out.extend_from_slice(pool);
+            }
+        }
+    };
+    // The message starts at `start` in `conn` (the first one may begin with bytes held before
+    // the read).
+    let mut start = 0;
+    for (r, &(off, len, filled)) in regions.iter().enumerate() {
+        let end = off + filled;
+        let p = r + first;
+        if filled < len || p >= pools.len() {
+            // Inside a header, or the last header region: the tail is this much of a header.
+            out.tail.extend_from_slice(&conn[start..end]);
+            return out;
+        }
+        let header = &conn[start..start + h];
+        let data = pools[p];
+        match awaited(header).filter(|b| b.len as usize <= block) {
+            Some(b) if data.len() >= b.len as usize => {
+                out.blocks.push((p, b));
+                if data.len() > b.len as usize {
+                    // A shorter block: the stream goes on inside this pool part.
+                    out.tail.extend_from_slice(&data[b.len as usize..]);
+                    rest(r + 1, p + 1, &mut out.tail);
+                    return out;
+                }
+            }
+            Some(b) => {
+                out.cur = Some((p, b));
+                return out; // nothing after it yet
+            }
+            None => {
+                // Not a PIECE of ours: from its header on, everything is the stream's.
+                out.tail.extend_from_slice(&conn[start..end]);
+                out.tail.extend_from_slice(data);
+                rest(r + 1, p + 1, &mut out.tail);
+                return out;
+            }
+        }
+        start = regions.get(r + 1).map_or(end, |x| x.0);
+    }
+    out
+}
+
+/// Downloading: receives the next PIECE payloads straight into pool buffers, with vectored
+/// reads that place, after what `buf` holds, the rest of a header (into `buf`), a whole block
+/// (into a pool buffer), the next header, the next block, ... ([`SCATTER_BLOCKS`] blocks), then
+/// room for one more header. `cur` is a PIECE of ours whose header and first payload bytes
+/// `buf` holds (moved into a pool buffer first). While the messages are the PIECEs of our
+/// requests, as they nearly always are while we download, every payload lands in a pool
+/// buffer and a read costs what a plain read would (measured: a 13-byte header read of its
+/// own cost more than the copy it saved). From the first message that is not (another
+/// message, a shorter block, a block we did not ask for), the bytes go back into `buf` in
+/// stream order for the session to decode ([`sort_scatter`]). Returns the blocks received, in
+/// stream order; `buf` then holds what followed them. `None`: nothing was read (no descriptor
+/// for the dup, or the shard's scattered reads hold their share of the pool).
+async fn read_scatter(
+    shard: &Rc<Shard>,
+    key: usize,
+    stream: &TcpStream,
+    direct: &mut Option<Option<tokio_uring::fs::File>>,
+    buf: &mut Vec<u8>,
+    cur: Option<BlockRef>,
+) -> Result<Option<Vec<(BlockRef, PoolBuf)>>, Closed> {
+    let Some(file) = direct_file(direct, stream) else {
+        return Ok(None);
+    };
+    let h = wire::PIECE_HEADER_LEN;
+    // Pool buffers for messages not seen yet: at most a sixteenth of the pool per shard (a
+    // read may wait long for a slow peer).
+    let budget = (shard.pool.capacity() / SPEC_SHARE).max(1);
+    let free = budget.saturating_sub(shard.spec_reads.get());
+    let want = SCATTER_BLOCKS
+        .saturating_sub(usize::from(cur.is_some()))
+        .min(free);
+    if want == 0 && cur.is_none() {
+        return Ok(None);
+    }
+    let mut cur = match cur {
+        Some(b) => {
+            let mut pb = take_buffer(shard).await;
+            pb.fill_block(&buf[h..]);
+            buf.clear();
+            Some((b, pb))
+        }
+        None => None,
+    };
+    let mut spare = Vec::with_capacity(want);
+    if cur.is_none() {
+        spare.push(take_buffer(shard).await); // the reader would wait at this PIECE anyway
+    }
+    while spare.len() < want {
+        match shard.pool.try_take() {
+            Some(pb) => spare.push(pb),
+            None => break,
+        }
+    }
+    let held = spare.len();
+    shard.spec_reads.set(shard.spec_reads.get() + held);
+    let out = scatter_reads(shard, key, file, buf, &mut cur, spare).await;
+    shard
+        .spec_reads
+        .set(shard.spec_reads.get().saturating_sub(held));
+    out.map(Some)
+}
+
+/// A pool buffer, waiting for one if none is free (backpressure on the peer).
+async fn take_buffer(shard: &Shard) -> PoolBuf {
+    match shard.pool.try_take() {
+        Some(pb) => pb,
+        None => shard.pool.take().await,
+    }
+}
+
+/// The reads of [`read_scatter`], until no PIECE of ours is left half received.
+async fn scatter_reads(
+    shard: &Rc<Shard>,
+    key: usize,
+    file: &tokio_uring::fs::File,
+    buf: &mut Vec<u8>,
+    cur: &mut Option<(BlockRef, PoolBuf)>,
+    mut spare: Vec<PoolBuf>,
+) -> Result<Vec<(BlockRef, PoolBuf)>, Closed> {
+    let h = wire::PIECE_HEADER_LEN;
+    let block = shard.pool.block_size();
+    let mut done = Vec::new();
+    loop {
+        // The parts in stream order: [cur's rest], (header, block) for each spare, header.
+        let have = buf.len();
+        let mut lens: Vec<usize> = (0..spare.len())
+            .map(|i| if i == 0 && cur.is_none() { h - have } else { h })
+            .collect();
+        lens.push(h);
+        let mut conn = RecvPart::conn(std::mem::take(buf), &lens).into_iter();
+        let mut parts = Vec::with_capacity(2 * lens.len());
+        let cur_b = cur.as_ref().map(|(b, _)| *b);
+        if let Some((b, pb)) = cur.take() {
+            parts.push(RecvPart::pool(pb, b.len as usize));
+        }
+        for pb in spare.drain(..) {
+            parts.extend(conn.next());
+            let mut pb = pb;
+            pb.set_block_len(0);
+            parts.push(RecvPart::pool(pb, block));
+        }
+        parts.extend(conn.next());
+        let (res, parts) = file.readv_at(parts, 0).await;
+        // Owners back: the receive buffer (its regions' bytes are back to back), the pool
+        // buffers in order.
+        let mut regions = Vec::with_capacity(lens.len());
+        let mut pools: Vec<PoolBuf> = Vec::with_capacity(parts.len());
+        let mut at = have;
+        let mut conn_filled = 0;
+        for part in parts {
+            match part.owner {
+                RecvOwner::Pool(mut pb) => {
+                    let n = pb.block_len() + part.filled;
+                    pb.set_block_len(n);
+                    pools.push(pb);
+                }
+                RecvOwner::Conn(v) => {
+                    *buf = v;
+                    regions.push((at, part.len, part.filled));
+                    at += part.filled;
+                    conn_filled += part.filled;
+                }
+                RecvOwner::None => {
+                    regions.push((at, part.len, part.filled));
+                    at += part.filled;
+                    conn_filled += part.filled;
+                }
+            }
+        }
+        // SAFETY: the kernel fills parts in order, so every region but the last one it wrote
+        // is full and the regions are back to back: `conn_filled` bytes right after the old
+        // length, within the room `RecvPart::conn` reserved.
+        unsafe { buf.set_len(have + conn_filled) };
+        match res {
+            Ok(0) => return Err(Closed::Io("peer closed the connection".into())),
+            Ok(_) => {}
+            Err(e) => return Err(Closed::Io(format!("read: {e}"))),
+        }
+        let sorted = {
+            let mut peers = shard.peers.borrow_mut();
+            let slot = peers.get_mut(key).ok_or(Closed::Io("slot gone".into()))?;
+            slot.session.on_read(Instant::now());
+            let views: Vec<&[u8]> = pools.iter().map(PoolBuf::block).collect();
+            let session = &slot.session;
+            sort_scatter(buf, &regions, &views, cur_b, block, |hd| {
+                session.awaited_block(hd)
+            })
+        };
+        let mut pools: Vec<Option<PoolBuf>> = pools.into_iter().map(Some).collect();
+        for (p, b) in sorted.blocks {
+            if let Some(mut pb) = pools.get_mut(p).and_then(Option::take) {
+                pb.set_block_len(b.len as usize);
+                done.push((b, pb));
+            }
+        }
+        buf.clear();
+        buf.extend_from_slice(&sorted.tail);
+        match sorted.cur {
+            Some((p, b)) => {
+                let pb = pools
+                    .get_mut(p)
+                    .and_then(Option::take)
+                    .ok_or(Closed::Io("internal error: scatter parts".into()))?;
+                *cur = Some((b, pb));
+                // Nothing came after it: the other buffers wait for the next read.
+                spare.extend(pools.into_iter().flatten());
+            }
+            None => return Ok(done),
+        }
+    }
+}
+
+/// The payload of our request `b`, received into `pb` by [`read_scatter`]: through the
+/// session (as if decoded from the buffer), then to the download.
+async fn deliver_in_place(
+    shard: &Rc<Shard>,
+    key: usize,
+    t: usize,
+    b: BlockRef,
+    pb: PoolBuf,
+) -> Result<(), Closed> {
+    let r = {
+        let mut peers = shard.peers.borrow_mut();
+        let slot = peers.get_mut(key).ok_or(Closed::Io("slot gone".into()))?;
+        let r = slot.session.receive_piece(b, pb.block())?;
+        if r.wake || r.serve {
+            slot.wake.notify_one();
+        }
+        r
+    };
+    if r.block.is_some() {
+        crate::server::download::on_block_buf(shard, key, t, b, pb).await;
+    }
+    crate::server::download::on_events(shard, key, t);
+    if r.interest_changed {
+        shard.want_fill(t);
+    }
+    Ok(())
+}
+
+/// A second descriptor for the connection's socket, as a tokio-uring file (it has readv), or
+/// `None` when none is left (EMFILE): the descriptor budget counts two per downloading peer.
+fn dup_stream(stream: &TcpStream) -> Option<tokio_uring::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: dup of a descriptor this connection owns; the result is a new descriptor that
+    // nothing else owns (or -1).
+    let fd = unsafe { libc::fcntl(stream.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if fd < 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "no descriptor for vectored reads: PIECE payloads are copied on this connection"
+        );
+        return None;
+    }
+    // SAFETY: `fd` is the fresh descriptor just created.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Some(tokio_uring::fs::File::from_std(std::fs::File::from(fd)))
 }
 
 /// The writer task: all writes of one connection.
@@ -860,4 +1313,207 @@ async fn write_rest(
         res.map_err(|e| format!("write: {e}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const B: usize = 16;
+
+    fn blk(begin: u32, len: u32) -> BlockRef {
+        BlockRef {
+            piece: 3,
+            begin,
+            len,
+        }
+    }
+
+    fn piece(b: BlockRef) -> Vec<u8> {
+        let data: Vec<u8> = (0..b.len).map(|i| (b.begin + i) as u8).collect();
+        let mut v = Vec::new();
+        wire::encode(
+            &wire::Message::Piece {
+                piece: b.piece,
+                begin: b.begin,
+                data: &data,
+            },
+            &mut v,
+        );
+        v
+    }
+
+    /// Plays a vectored read of `stream` (bytes that arrived) into the parts `read_scatter`
+    /// sets up (`have` bytes held before, `cur` with `cur_have` payload bytes, `spares` pool
+    /// parts), as the kernel fills them in order; returns what `sort_scatter` makes of it and
+    /// each pool part's bytes.
+    fn play(
+        held: &[u8],
+        cur: Option<(BlockRef, usize)>,
+        spares: usize,
+        stream: &[u8],
+        ours: &[BlockRef],
+    ) -> (Sorted, Vec<Vec<u8>>) {
+        let h = wire::PIECE_HEADER_LEN;
+        let mut lens = vec![];
+        for i in 0..spares {
+            lens.push(if i == 0 && cur.is_none() {
+                h - held.len()
+            } else {
+                h
+            });
+        }
+        lens.push(h);
+        // The parts in order: (is_pool, len).
+        let mut parts = vec![];
+        if let Some((b, have)) = cur {
+            parts.push((true, b.len as usize - have));
+        }
+        for (i, &l) in lens.iter().enumerate() {
+            parts.push((false, l));
+            if i < spares {
+                parts.push((true, B));
+            }
+        }
+        let mut conn = held.to_vec();
+        let mut regions = vec![];
+        let mut pools: Vec<Vec<u8>> = vec![];
+        if let Some((b, have)) = cur {
+            pools.push(vec![0xEE; have]);
+            let _ = b;
+        }
+        let mut rest = stream;
+        let mut pool_i = 0;
+        for (is_pool, l) in parts {
+            let n = l.min(rest.len());
+            if is_pool {
+                if pool_i >= pools.len() {
+                    pools.push(vec![]);
+                }
+                pools[pool_i].extend_from_slice(&rest[..n]);
+                pool_i += 1;
+            } else {
+                regions.push((conn.len(), l, n));
+                conn.extend_from_slice(&rest[..n]);
+            }
+            rest = &rest[n..];
+        }
+        while pools.len() < spares + usize::from(cur.is_some()) {
+            pools.push(vec![]);
+        }
+        let views: Vec<&[u8]> = pools.iter().map(|p| &p[..]).collect();
+        let sorted = sort_scatter(&conn, &regions, &views, cur.map(|c| c.0), B, |hd| {
+            let len = u32::from_be_bytes(hd[..4].try_into().unwrap());
+            if hd[4] != wire::id::PIECE || len < 9 {
+                return None;
+            }
+            let b = BlockRef {
+                piece: u32::from_be_bytes(hd[5..9].try_into().unwrap()),
+                begin: u32::from_be_bytes(hd[9..13].try_into().unwrap()),
+                len: len - 9,
+            };
+            ours.contains(&b).then_some(b)
+        });
+        (sorted, pools)
+    }
+
+    #[test]
+    fn pieces_of_ours_land_in_the_pool_parts_and_the_next_header_in_the_tail() {
+        let bs: Vec<BlockRef> = (0..5).map(|i| blk(i * B as u32, B as u32)).collect();
+        let stream: Vec<u8> = bs.iter().flat_map(|&b| piece(b)).collect();
+        let (s, pools) = play(&[], None, 4, &stream, &bs);
+        assert_eq!(
+            s.blocks,
+            vec![(0, bs[0]), (1, bs[1]), (2, bs[2]), (3, bs[3])]
+        );
+        assert_eq!(s.cur, None);
+        assert_eq!(s.tail, piece(bs[4])[..13].to_vec(), "the next header waits");
+        for (i, p) in pools.iter().enumerate() {
+            assert_eq!(p[..], piece(bs[i])[13..], "block {i}'s payload");
+        }
+        // With a partial header held before, and the current block's rest first.
+        let (s, _) = play(&stream[..5], None, 2, &stream[5..], &bs);
+        assert_eq!(s.blocks, vec![(0, bs[0]), (1, bs[1])]);
+        assert_eq!(s.tail, piece(bs[2])[..13].to_vec());
+        let (s, pools) = play(&[], Some((bs[0], 3)), 1, &stream[16..], &bs);
+        assert_eq!(s.blocks, vec![(0, bs[0]), (1, bs[1])]);
+        assert_eq!(pools[0].len(), B);
+        assert_eq!(pools[1][..], piece(bs[1])[13..]);
+        assert_eq!(s.tail, piece(bs[2])[..13].to_vec());
+    }
+
+    #[test]
+    fn a_read_that_stops_inside_a_header_or_a_payload_keeps_it_for_the_next() {
+        let bs: Vec<BlockRef> = (0..3).map(|i| blk(i * B as u32, B as u32)).collect();
+        let stream: Vec<u8> = bs.iter().flat_map(|&b| piece(b)).collect();
+        // Stops 20 bytes into the second message: its header and 7 payload bytes.
+        let (s, pools) = play(&[], None, 3, &stream[..29 + 20], &bs);
+        assert_eq!(s.blocks, vec![(0, bs[0])]);
+        assert_eq!(s.cur, Some((1, bs[1])));
+        assert_eq!(pools[1][..], piece(bs[1])[13..20]);
+        assert!(s.tail.is_empty());
+        // Stops 5 bytes into the second header.
+        let (s, _) = play(&[], None, 3, &stream[..29 + 5], &bs);
+        assert_eq!(s.blocks, vec![(0, bs[0])]);
+        assert_eq!(s.cur, None);
+        assert_eq!(s.tail, stream[29..34].to_vec());
+        // The current block still short.
+        let (s, _) = play(&[], Some((bs[0], 3)), 2, &stream[16..20], &bs);
+        assert_eq!(s.cur, Some((0, bs[0])));
+        assert!(s.blocks.is_empty() && s.tail.is_empty());
+    }
+
+    #[test]
+    fn any_other_message_puts_every_byte_from_it_back_in_stream_order() {
+        let bs: Vec<BlockRef> = (0..4).map(|i| blk(i * B as u32, B as u32)).collect();
+        let mut have = Vec::new();
+        wire::encode(&wire::Message::Have(7), &mut have);
+        let short = blk(4 * B as u32, 5);
+        let cases: Vec<(&str, Vec<u8>, Vec<BlockRef>)> = vec![
+            // A HAVE between two PIECEs.
+            (
+                "have",
+                [piece(bs[0]), have.clone(), piece(bs[1]), piece(bs[2])].concat(),
+                bs.clone(),
+            ),
+            // A block we did not ask for.
+            (
+                "unrequested",
+                [piece(bs[0]), piece(bs[1]), piece(bs[2])].concat(),
+                vec![bs[0], bs[2]],
+            ),
+            // A shorter block (the torrent's last): what follows it sits in its pool part.
+            (
+                "short",
+                [piece(bs[0]), piece(short), piece(bs[1]), piece(bs[2])].concat(),
+                vec![bs[0], short, bs[1], bs[2]],
+            ),
+            // A keep-alive.
+            (
+                "keep-alive",
+                [piece(bs[0]), vec![0, 0, 0, 0], piece(bs[1])].concat(),
+                bs.clone(),
+            ),
+        ];
+        for (name, stream, ours) in cases {
+            let (s, pools) = play(&[], None, 4, &stream, &ours);
+            // Whatever was taken as a block, then the tail, must be the stream again.
+            let mut again = Vec::new();
+            for &(p, b) in &s.blocks {
+                again.extend_from_slice(&piece(b)[..13]);
+                again.extend_from_slice(&pools[p][..b.len as usize]);
+            }
+            if let Some((p, b)) = s.cur {
+                again.extend_from_slice(&piece(b)[..13]);
+                again.extend_from_slice(&pools[p]);
+            }
+            again.extend_from_slice(&s.tail);
+            assert_eq!(again, stream, "{name}: {s:?}");
+            assert_eq!(s.blocks[0], (0, bs[0]), "{name}");
+            match name {
+                "short" => assert_eq!(s.blocks[1], (1, short), "{name}"),
+                _ => assert_eq!(s.blocks.len(), 1, "{name}: {s:?}"),
+            }
+        }
+    }
 }

@@ -64,6 +64,9 @@ pub struct DownloadConfig {
     /// Stripe the picks over sixteen pieces and hash their blocks sixteen at once (the
     /// sixteen-lane SHA-1; `--hash-lanes`).
     pub hash_lanes: bool,
+    /// Receive PIECE payloads straight into pool buffers with vectored reads
+    /// (`conn::read_scatter`; `--recv-path direct`), not copied from the receive buffer.
+    pub recv_direct: bool,
 }
 
 impl Default for DownloadConfig {
@@ -76,6 +79,7 @@ impl Default for DownloadConfig {
             max_rate: None,
             ban_points: 4,
             hash_lanes: false,
+            recv_direct: false,
         }
     }
 }
@@ -239,6 +243,10 @@ pub struct Download {
     pub hashed_lanes: u64,
     pub hashed_single: u64,
     pub read_back: u64,
+    /// Blocks whose payload the reader received straight into a pool buffer, and blocks
+    /// copied there from the receive buffer: the `receiving` line at completion (debug level).
+    pub received_in_place: u64,
+    pub received_copied: u64,
 }
 
 impl Download {
@@ -300,6 +308,8 @@ impl Download {
             hashed_lanes: 0,
             hashed_single: 0,
             read_back: 0,
+            received_in_place: 0,
+            received_copied: 0,
         })
     }
 
@@ -802,11 +812,26 @@ pub fn fill_all(shard: &Shard, t: usize) {
 /// is copied into a pool buffer (waiting for one is backpressure on the peer: its reader
 /// stops) and hashed or staged, and the writes that could start have started.
 pub async fn on_block(shard: &Rc<Shard>, key: usize, t: usize, b: BlockRef, data: &[u8]) {
-    let len = u64::from(b.len);
     let mut buf = match shard.pool.try_take() {
         Some(buf) => buf,
         None => shard.pool.take().await,
     };
+    buf.fill_block(data);
+    let _ = with_download(shard, t, |dl| dl.received_copied += 1);
+    accept_block(shard, key, t, b, buf);
+}
+
+/// As [`on_block`] for a payload the reader received straight into the pool buffer `buf`
+/// (`conn::read_scatter`): no copy.
+pub async fn on_block_buf(shard: &Rc<Shard>, key: usize, t: usize, b: BlockRef, buf: PoolBuf) {
+    let _ = with_download(shard, t, |dl| dl.received_in_place += 1);
+    accept_block(shard, key, t, b, buf);
+}
+
+/// The block `b` of connection `key`, its data in `buf`: accounted, given to the picker, then
+/// hashed or staged, and the writes that could start started.
+fn accept_block(shard: &Rc<Shard>, key: usize, t: usize, b: BlockRef, buf: PoolBuf) {
+    let len = u64::from(b.len);
     let accepted = with_download(shard, t, |dl| {
         if let Some(d) = &dl.torrent.download {
             d.downloaded.fetch_add(len, Relaxed);
@@ -846,7 +871,6 @@ pub async fn on_block(shard: &Rc<Shard>, key: usize, t: usize, b: BlockRef, data
             }
         }
     }
-    buf.fill_block(data);
     let mut ready = Vec::new();
     let mut runs = Vec::new();
     let cap = shard.pool.capacity();
@@ -1132,7 +1156,9 @@ fn on_complete(shard: &Shard, t: usize, torrent: &Torrent) {
     let _ = with_download(shard, t, |dl| {
         tracing::debug!(
             torrent = %torrent.name,
-            "hashing: {} blocks sixteen at once, {} one by one, {} bytes read back; writing: {} blocks in {} writes",
+            "receiving: {} blocks straight into pool buffers, {} copied; hashing: {} blocks sixteen at once, {} one by one, {} bytes read back; writing: {} blocks in {} writes",
+            dl.received_in_place,
+            dl.received_copied,
             dl.hashed_lanes,
             dl.hashed_single,
             dl.read_back,

@@ -15,12 +15,15 @@ const FD_RESERVE_PER_SHARD: u64 = 8;
 pub const MIN_OPEN_FILES: usize = 4;
 
 /// Splits the descriptor budget: `(max_peers, max_open_files_per_shard)`. Peers and files share
-/// what RLIMIT_NOFILE leaves after the reserve; files get at least 4 per shard.
+/// what RLIMIT_NOFILE leaves after the reserve; files get at least 4 per shard. A peer costs
+/// `fds_per_peer` descriptors: 1, or 2 when downloading with `--recv-path direct` (its socket
+/// and the dup the reader receives PIECE payloads through, `conn::read_scatter`).
 pub fn fd_budget(
     nofile: u64,
     shards: usize,
     max_peers: usize,
     files: Option<usize>,
+    fds_per_peer: usize,
 ) -> anyhow::Result<(usize, usize)> {
     let reserve = FD_RESERVE_BASE + FD_RESERVE_PER_SHARD * shards as u64;
     let Some(budget) = nofile
@@ -45,7 +48,9 @@ pub fn fd_budget(
             files.unwrap_or(0)
         );
     }
-    let peers = max_peers.min(budget - files_total).max(1);
+    let peers = max_peers
+        .min((budget - files_total) / fds_per_peer.max(1))
+        .max(1);
     Ok((peers, (files_total / shards).max(MIN_OPEN_FILES)))
 }
 
@@ -171,11 +176,14 @@ mod tests {
     #[test]
     fn fd_budget_splits_and_refuses() {
         // 128 descriptors, 2 shards: reserve 64, 64 left: 32 for files (16 per shard), 32 peers.
-        assert_eq!(fd_budget(128, 2, 512, None).unwrap(), (32, 16));
-        assert_eq!(fd_budget(128, 2, 10, None).unwrap(), (10, 16));
-        assert!(fd_budget(40, 2, 10, None).is_err());
-        assert!(fd_budget(128, 1, 10, Some(200)).is_err());
-        assert_eq!(fd_budget(1 << 20, 2, 512, None).unwrap(), (512, 1024));
+        assert_eq!(fd_budget(128, 2, 512, None, 1).unwrap(), (32, 16));
+        assert_eq!(fd_budget(128, 2, 10, None, 1).unwrap(), (10, 16));
+        assert!(fd_budget(40, 2, 10, None, 1).is_err());
+        assert!(fd_budget(128, 1, 10, Some(200), 1).is_err());
+        assert_eq!(fd_budget(1 << 20, 2, 512, None, 1).unwrap(), (512, 1024));
+        // Downloading: two descriptors a peer.
+        assert_eq!(fd_budget(128, 2, 512, None, 2).unwrap(), (16, 16));
+        assert_eq!(fd_budget(1 << 20, 2, 512, None, 2).unwrap(), (512, 1024));
     }
 
     #[test]

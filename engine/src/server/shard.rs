@@ -360,6 +360,7 @@ async fn run(
         downloads: RefCell::new(std::collections::HashMap::new()),
         half_open: std::cell::Cell::new(0),
         half_open_wake: tokio::sync::Notify::new(),
+        spec_reads: std::cell::Cell::new(0),
         events,
         failure: Rc::new(TaskFailure::default()),
         stopping: std::cell::Cell::new(false),

@@ -186,6 +186,9 @@ pub struct Shard {
     pub half_open: Cell<usize>,
     /// Wakes dials waiting for a half-open slot.
     pub half_open_wake: Notify,
+    /// Pool buffers held by speculative reads (`conn::read_speculative`: a reader waiting for
+    /// what is most likely a PIECE), at most `max(1, buffers / 16)`.
+    pub spec_reads: Cell<usize>,
     /// Where connection events go (the control plane's dialer); `None` in tests.
     pub events: Option<tokio::sync::mpsc::Sender<ShardEvent>>,
     /// A task panicked: the shard's main task tears the shard down.
