@@ -1110,6 +1110,24 @@ fn piece_failed(
     let points = if contributors.len() == 1 { 2 } else { 1 };
     let ban_at = shard.cfg.download.ban_points.max(1);
     let mut peers = shard.peers.borrow_mut();
+    // A piece shared with a peer that is banned or gone already (banned peers are closed) is
+    // most likely that peer's doing: its blocks stay in pieces still in progress when it is
+    // banned, and those fail later. Blaming the others for them banned an honest seeder that
+    // had shared four such pieces with a liar (CI, 2026-12-04). Nobody gets points for it.
+    let known_bad = contributors.len() > 1
+        && contributors.iter().any(|&k| {
+            peers
+                .get(k as usize)
+                .is_none_or(|s| s.dl.points >= ban_at || s.closing)
+        });
+    if known_bad {
+        tracing::info!(
+            torrent = %torrent.name,
+            "piece {piece} failed its hash check ({} contributor(s), one of them banned or gone: no points)",
+            contributors.len()
+        );
+        return;
+    }
     for k in contributors {
         let Some(slot) = peers.get_mut(*k as usize) else {
             continue;
