@@ -1062,7 +1062,7 @@ async fn deliver_in_place(
         r
     };
     if r.block.is_some() {
-        crate::server::download::on_block_buf(shard, key, t, b, pb).await;
+        crate::server::download::on_block_buf(shard, key, t, b, pb);
     }
     crate::server::download::on_events(shard, key, t);
     if r.interest_changed {

@@ -817,22 +817,33 @@ pub async fn on_block(shard: &Rc<Shard>, key: usize, t: usize, b: BlockRef, data
         None => shard.pool.take().await,
     };
     buf.fill_block(data);
-    let _ = with_download(shard, t, |dl| dl.received_copied += 1);
-    accept_block(shard, key, t, b, buf);
+    accept_block(shard, key, t, b, buf, false);
 }
 
 /// As [`on_block`] for a payload the reader received straight into the pool buffer `buf`
 /// (`conn::read_scatter`): no copy.
-pub async fn on_block_buf(shard: &Rc<Shard>, key: usize, t: usize, b: BlockRef, buf: PoolBuf) {
-    let _ = with_download(shard, t, |dl| dl.received_in_place += 1);
-    accept_block(shard, key, t, b, buf);
+pub fn on_block_buf(shard: &Rc<Shard>, key: usize, t: usize, b: BlockRef, buf: PoolBuf) {
+    accept_block(shard, key, t, b, buf, true);
 }
 
 /// The block `b` of connection `key`, its data in `buf`: accounted, given to the picker, then
-/// hashed or staged, and the writes that could start started.
-fn accept_block(shard: &Rc<Shard>, key: usize, t: usize, b: BlockRef, buf: PoolBuf) {
+/// hashed or staged, and the writes that could start started. `in_place`: the reader received
+/// it straight into `buf` (counted for the `receiving` line).
+fn accept_block(
+    shard: &Rc<Shard>,
+    key: usize,
+    t: usize,
+    b: BlockRef,
+    buf: PoolBuf,
+    in_place: bool,
+) {
     let len = u64::from(b.len);
     let accepted = with_download(shard, t, |dl| {
+        if in_place {
+            dl.received_in_place += 1;
+        } else {
+            dl.received_copied += 1;
+        }
         if let Some(d) = &dl.torrent.download {
             d.downloaded.fetch_add(len, Relaxed);
         }
